@@ -1,0 +1,66 @@
+"""Which backend runs the ops: the compiled ``steerkern._C`` or the PyTorch reference."""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+BACKEND_ENV = "STEERKERN_BACKEND"
+
+
+@functools.lru_cache(maxsize=None)
+def _load_compiled():
+    """Import ``_C`` once (its import registers ``torch.ops.steerkern``); None if unavailable."""
+    try:
+        from . import _C
+    except ImportError as error:
+        warnings.warn(
+            f"steerkern._C could not be imported ({error}); the ops run the PyTorch reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return _C
+
+
+def requested_backend() -> str:
+    choice = os.environ.get(BACKEND_ENV, "auto").lower()
+    if choice not in ("auto", "compiled", "reference"):
+        raise ValueError(f"{BACKEND_ENV} must be auto, compiled or reference, got {choice!r}")
+    return choice
+
+
+def use_compiled() -> bool:
+    choice = requested_backend()
+    if choice == "reference":
+        return False
+    compiled = _load_compiled()
+    if compiled is None and choice == "compiled":
+        raise RuntimeError(f"{BACKEND_ENV}=compiled but steerkern._C could not be imported")
+    return compiled is not None
+
+
+def build_info() -> dict:
+    """Backend in use, what ``_C`` was compiled with, and the running torch / CUDA versions."""
+    compiled = None if requested_backend() == "reference" else _load_compiled()
+    info = {
+        "backend": "compiled" if compiled is not None else "reference",
+        "compiled_with_cuda": False,
+        "cuda_archs": [],
+        "built_torch": None,
+        "built_cuda": None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if compiled is not None:
+        info.update(
+            compiled_with_cuda=bool(compiled.WITH_CUDA),
+            cuda_archs=[a for a in compiled.CUDA_ARCHS.split(";") if a],
+            built_torch=compiled.TORCH_VERSION,
+            built_cuda=compiled.CUDA_VERSION or None,
+        )
+    return info

@@ -1,0 +1,71 @@
+"""The math of steerkern in plain PyTorch: the oracle for the kernels and the fallback backend.
+
+Written to read like DESIGN.md §1, without mutation and without cleverness.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MODES = ("add", "clamp", "detect")
+
+
+def _programs_per_row(hidden: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """Expand a per-sequence program ``(B, K)`` to one per row ``(B, S, K)``; per-row programs pass."""
+    if hidden.dim() == 3 and program.dim() == 2:
+        return program[:, None, :].expand(hidden.shape[0], hidden.shape[1], program.shape[-1])
+    return program
+
+
+def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None):
+    """Return ``(steered_hidden, acts)``; ``hidden`` itself is left untouched.
+
+    acts[..., k] = ReLU(h · W[c_k] + bias[c_k]) on the pre-steering values, 0 for empty slots.
+    add:    h' = h + Σ_k α_k W[c_k]
+    clamp:  h' = h + Σ_k (α_k − a_k) W[c_k]
+    detect: h' = h
+    Steering applies only where ``mask`` is true; h + delta is computed in float32, rounded once.
+    """
+    ids = _programs_per_row(hidden, concept_ids).long()
+    alpha = _programs_per_row(hidden, coeffs).float()
+    filled = ids >= 0
+    rows = dictionary.float()[ids.clamp(min=0)]  # (..., K, d)
+    h = hidden.float()
+
+    pre = torch.einsum("...d,...kd->...k", h, rows)
+    if bias is not None:
+        pre = pre + bias.float()[ids.clamp(min=0)]
+    acts = torch.where(filled, torch.relu(pre), torch.zeros_like(pre))
+
+    if mode == "detect":
+        return hidden.clone(), acts
+    coef = alpha if mode == "add" else alpha - acts
+    coef = torch.where(filled, coef, torch.zeros_like(coef))
+    delta = torch.einsum("...k,...kd->...d", coef, rows)
+    steered = h + delta
+    if mask is not None:
+        steered = torch.where(mask[..., None], steered, h)
+    return steered.to(hidden.dtype), acts
+
+
+def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=None, reduce="none"):
+    """Dense detection over all N concepts: ``(..., N)`` per row, or the max over kept rows.
+
+    Scores are ReLU(h · W[n] + bias[n]); with ``encoder`` (d, N) the product uses the encoder
+    instead of the dictionary rows; with ``threshold`` the JumpReLU form (pre > θ) · ReLU(pre).
+    With ``reduce="max"`` a (B, S, d) input gives (B, N) and a (T, d) input gives (N,): the max
+    over the rows ``mask`` keeps (0 where none is kept). With ``reduce="none"`` rows outside the
+    mask score 0.
+    """
+    weight = encoder.float() if encoder is not None else dictionary.float().T
+    pre = hidden.float() @ weight
+    if bias is not None:
+        pre = pre + bias.float()
+    scores = torch.relu(pre)
+    if threshold is not None:
+        scores = torch.where(pre > threshold.float(), scores, torch.zeros_like(scores))
+    if mask is not None:
+        scores = torch.where(mask[..., None], scores, torch.zeros_like(scores))
+    if reduce == "max":
+        return scores.amax(dim=-2)
+    return scores
