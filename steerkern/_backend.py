@@ -59,7 +59,7 @@ def build_info() -> dict:
     if compiled is not None:
         info.update(
             compiled_with_cuda=bool(compiled.WITH_CUDA),
-            cuda_archs=[a for a in compiled.CUDA_ARCHS.split(";") if a],
+            cuda_archs=[a for a in compiled.CUDA_ARCHS.split(",") if a],
             built_torch=compiled.TORCH_VERSION,
             built_cuda=compiled.CUDA_VERSION or None,
         )

@@ -1,0 +1,44 @@
+// The op schemas, defined once, and the Python module whose import registers them.
+// Kernels register per dispatch key next to their code (steer_cpu.cpp, steer_cuda.cu, ...).
+#include <Python.h>
+#include <torch/library.h>
+
+// setup.py passes the build facts as bare tokens (a shell sits between it and the compiler).
+#define STEERKERN_STRINGIFY_(...) #__VA_ARGS__
+#define STEERKERN_STRINGIFY(...) STEERKERN_STRINGIFY_(__VA_ARGS__)
+#ifndef STEERKERN_CUDA_ARCHS
+#define STEERKERN_CUDA_ARCHS
+#endif
+#ifndef STEERKERN_CUDA_VERSION
+#define STEERKERN_CUDA_VERSION
+#endif
+
+TORCH_LIBRARY(steerkern, m) {
+  // In place on hidden; returns the pre-steering activations (..., K) in float32.
+  m.def(
+      "steer_(Tensor(a!) hidden, Tensor dictionary, Tensor concept_ids, Tensor coeffs, str mode, "
+      "Tensor? mask, Tensor? bias) -> Tensor");
+  // Dense scores (..., N), or their max over each sequence's kept rows when reduce_max.
+  m.def(
+      "detect(Tensor hidden, Tensor weight, bool weight_is_encoder, Tensor? bias, Tensor? threshold, "
+      "Tensor? mask, bool reduce_max) -> Tensor");
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "steerkern's compiled ops", -1, nullptr};
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+#ifdef STEERKERN_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddIntConstant(m, "WITH_CUDA", with_cuda) < 0 ||
+      PyModule_AddStringConstant(m, "CUDA_ARCHS", STEERKERN_STRINGIFY(STEERKERN_CUDA_ARCHS)) < 0 ||
+      PyModule_AddStringConstant(m, "CUDA_VERSION", STEERKERN_STRINGIFY(STEERKERN_CUDA_VERSION)) < 0 ||
+      PyModule_AddStringConstant(m, "TORCH_VERSION", STEERKERN_STRINGIFY(STEERKERN_TORCH_VERSION)) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

@@ -1,0 +1,82 @@
+#include "steer.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+namespace steerkern {
+
+Mode parse_mode(std::string_view mode) {
+  if (mode == "add") return Mode::kAdd;
+  if (mode == "clamp") return Mode::kClamp;
+  if (mode == "detect") return Mode::kDetect;
+  TORCH_CHECK_VALUE(false, "steerkern: mode must be add, clamp or detect, got '", mode, "'");
+}
+
+std::vector<int64_t> acts_shape(const at::Tensor& hidden, const at::Tensor& concept_ids) {
+  std::vector<int64_t> shape(hidden.sizes().begin(), hidden.sizes().end() - 1);
+  shape.push_back(concept_ids.size(-1));
+  return shape;
+}
+
+namespace {
+
+void check_same_device(const at::Tensor& tensor, const at::Tensor& hidden, const char* name) {
+  TORCH_CHECK_VALUE(tensor.device() == hidden.device(), "steerkern: ", name, " is on ", tensor.device(),
+                    " but hidden is on ", hidden.device());
+}
+
+}  // namespace
+
+SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dictionary,
+                                const at::Tensor& concept_ids, const at::Tensor& coeffs,
+                                std::string_view mode, const std::optional<at::Tensor>& mask,
+                                const std::optional<at::Tensor>& bias) {
+  const auto dtype = hidden.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                    "steerkern: hidden must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK_VALUE(hidden.dim() == 2 || hidden.dim() == 3, "steerkern: hidden must be (B, S, d) or (T, d)");
+  TORCH_CHECK_VALUE(hidden.is_contiguous(), "steerkern: hidden must be contiguous (steer_ writes it in place)");
+  TORCH_CHECK_VALUE(dictionary.dim() == 2 && dictionary.size(1) == hidden.size(-1),
+                    "steerkern: dictionary must be (N, d) with d = hidden.size(-1)");
+  TORCH_CHECK_VALUE(dictionary.scalar_type() == dtype || dictionary.scalar_type() == at::kFloat,
+                    "steerkern: dictionary must have hidden's dtype or float32");
+  TORCH_CHECK_VALUE(concept_ids.scalar_type() == at::kLong && coeffs.scalar_type() == at::kFloat,
+                    "steerkern: concept_ids must be int64 and coeffs float32");
+  TORCH_CHECK_VALUE(concept_ids.sizes() == coeffs.sizes() && concept_ids.dim() >= 2,
+                    "steerkern: concept_ids and coeffs must share a (..., K) shape");
+  check_same_device(dictionary, hidden, "dictionary");
+  check_same_device(concept_ids, hidden, "concept_ids");
+  check_same_device(coeffs, hidden, "coeffs");
+
+  SteerProblem p;
+  p.mode = parse_mode(mode);
+  p.d = hidden.size(-1);
+  p.rows = hidden.numel() / std::max<int64_t>(p.d, 1);
+  p.slots = concept_ids.size(-1);
+  p.concepts = dictionary.size(0);
+  const int64_t programs = concept_ids.numel() / std::max<int64_t>(p.slots, 1);
+  const bool per_sequence = hidden.dim() == 3 && concept_ids.dim() == 2 && programs == hidden.size(0);
+  TORCH_CHECK_VALUE(per_sequence || programs == p.rows,
+                    "steerkern: concept_ids must hold one program per sequence (B, K) or per row (..., K)");
+  p.rows_per_program = per_sequence ? hidden.size(1) : 1;
+
+  p.hidden = hidden.view({p.rows, p.d});
+  p.dictionary = dictionary.contiguous();
+  p.ids = concept_ids.contiguous();
+  p.coeffs = coeffs.contiguous();
+  if (mask.has_value()) {
+    TORCH_CHECK_VALUE(mask->scalar_type() == at::kBool && mask->numel() == p.rows,
+                      "steerkern: mask must be bool with one flag per row of hidden");
+    check_same_device(*mask, hidden, "mask");
+    p.mask = mask->contiguous();
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == p.concepts, "steerkern: bias must be (N,)");
+    check_same_device(*bias, hidden, "bias");
+    p.bias = bias->to(at::kFloat).contiguous();
+  }
+  p.acts = at::empty(acts_shape(hidden, concept_ids), hidden.options().dtype(at::kFloat));
+  return p;
+}
+
+}  // namespace steerkern
