@@ -16,7 +16,7 @@
 TORCH_LIBRARY(steerkern, m) {
   // In place on hidden; returns the pre-steering activations (..., K) in float32.
   m.def(
-      "steer_(Tensor(a!) hidden, Tensor dictionary, Tensor concept_ids, Tensor coeffs, str mode, "
+      "steer_(Tensor(a!) hidden, Tensor dictionary, Tensor concept_ids, Tensor coeffs, str steer_mode, "
       "Tensor? mask, Tensor? bias) -> Tensor");
   // Dense scores (..., N), or their max over each sequence's kept rows when reduce_max.
   m.def(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -11,12 +10,28 @@ import torch
 BACKEND_ENV = "STEERKERN_BACKEND"
 
 
-@functools.lru_cache(maxsize=None)
-def _load_compiled():
-    """Import ``_C`` once (its import registers ``torch.ops.steerkern``); None if unavailable."""
+_NOT_LOADED = object()
+_compiled = _NOT_LOADED
+
+
+def load_compiled():
+    """Import ``_C`` once (its import registers ``torch.ops.steerkern``); None if unavailable.
+
+    Warns once when it is missing, unless the reference backend was asked for. A plain global
+    rather than a cache decorator keeps the check cheap for torch.compile to trace.
+    """
+    global _compiled
+    if _compiled is _NOT_LOADED:
+        _compiled = _import_compiled()
+    return _compiled
+
+
+def _import_compiled():
     try:
         from . import _C
     except ImportError as error:
+        if requested_backend() == "reference":
+            return None
         warnings.warn(
             f"steerkern._C could not be imported ({error}); the ops run the PyTorch reference",
             RuntimeWarning,
@@ -37,7 +52,7 @@ def use_compiled() -> bool:
     choice = requested_backend()
     if choice == "reference":
         return False
-    compiled = _load_compiled()
+    compiled = load_compiled()
     if compiled is None and choice == "compiled":
         raise RuntimeError(f"{BACKEND_ENV}=compiled but steerkern._C could not be imported")
     return compiled is not None
@@ -45,7 +60,7 @@ def use_compiled() -> bool:
 
 def build_info() -> dict:
     """Backend in use, what ``_C`` was compiled with, and the running torch / CUDA versions."""
-    compiled = None if requested_backend() == "reference" else _load_compiled()
+    compiled = None if requested_backend() == "reference" else load_compiled()
     info = {
         "backend": "compiled" if compiled is not None else "reference",
         "compiled_with_cuda": False,

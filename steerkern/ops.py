@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._backend import use_compiled
+from ._backend import load_compiled, use_compiled
 from .validation import check_detect_args, check_steer_args
 
 _REDUCE = ("none", "max")
@@ -22,12 +22,18 @@ def steer_(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bi
     ``hidden`` (B, S, d) or (T, d); ``dictionary`` (N, d); ``concept_ids``/``coeffs`` (B, K) per
     sequence or (B, S, K)/(T, K) per row, -1 = empty slot; ``mode`` "add" | "clamp" | "detect";
     ``mask`` (B, S)/(T,) rows to steer; ``bias`` (N,). Returns float32 acts, one per row and slot.
-    ``check_ids=False`` skips the id range check (a host sync on CUDA); out-of-range ids then
-    count as empty slots.
+    ``check_ids=False`` skips the id range check (a host sync on CUDA, skipped anyway under
+    torch.compile); out-of-range ids then count as empty slots.
     """
+    check_ids = check_ids and not torch.compiler.is_compiling()
     ids, alpha, mask = check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids)
+    if not hidden.is_contiguous():  # the kernels write rows in place: work on a copy, write it back
+        work = hidden.contiguous()
+        acts = steer_(work, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias, check_ids=False)
+        hidden.copy_(work)
+        return acts
     if use_compiled():
-        return torch.ops.steerkern.steer_(hidden, dictionary, ids, alpha, mode, mask, bias)
+        return torch.ops.steerkern.steer_(hidden, dictionary.contiguous(), ids, alpha, mode, mask, bias)
     steered, acts = reference.steer(hidden, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias)
     if mode != "detect":
         hidden.copy_(steered)
@@ -44,3 +50,22 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
     return reference.detect(
         hidden, dictionary, bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=reduce
     )
+
+
+def _register_fake_kernels():
+    @torch.library.register_fake("steerkern::steer_")
+    def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias):
+        return hidden.new_empty((*hidden.shape[:-1], concept_ids.shape[-1]), dtype=torch.float32)
+
+    @torch.library.register_fake("steerkern::detect")
+    def _detect_fake(hidden, weight, weight_is_encoder, bias, threshold, mask, reduce_max):
+        concepts = weight.shape[1] if weight_is_encoder else weight.shape[0]
+        if not reduce_max:
+            shape = (*hidden.shape[:-1], concepts)
+        else:
+            shape = (hidden.shape[0], concepts) if hidden.dim() == 3 else (concepts,)
+        return hidden.new_empty(shape, dtype=torch.float32)
+
+
+if load_compiled() is not None:
+    _register_fake_kernels()

@@ -1,0 +1,35 @@
+"""Shared inputs and tolerances for the op tests: fresh random data, unit-norm dictionary rows."""
+
+from __future__ import annotations
+
+import torch
+
+DEVICES = ["cpu", "cuda"]
+
+# Float32 results are compared with a relative 1e-5 and an absolute slack that grows with the
+# length of the dot products; half types must land within one rounding of the float32 reference.
+RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+def assert_hidden_close(actual, expected):
+    dtype = expected.dtype
+    atol = 1e-5 * max(1.0, expected.shape[-1] ** 0.5) if dtype == torch.float32 else 1e-5
+    torch.testing.assert_close(actual, expected, rtol=RTOL[dtype], atol=atol)
+
+
+def assert_acts_close(actual, expected, d):
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * max(1.0, d**0.5))
+
+
+def unit_rows(n, d, dtype, device, generator):
+    rows = torch.randn(n, d, generator=generator, device="cpu")
+    return (rows / rows.norm(dim=-1, keepdim=True)).to(dtype=dtype, device=device)
+
+
+def make_program(shape, n_concepts, empty_slots, device, generator):
+    """Random concept ids (some -1 when ``empty_slots``) and coefficients in AxBench's range."""
+    ids = torch.randint(0, n_concepts, shape, generator=generator)
+    if empty_slots:
+        ids[torch.rand(shape, generator=generator) < 0.3] = -1
+    coeffs = torch.empty(shape).uniform_(-5.0, 5.0, generator=generator)
+    return ids.to(device), coeffs.to(device)

@@ -1,0 +1,175 @@
+"""steer_ and detect against the reference on fresh random inputs, over a pairwise grid of
+modes x dtypes x program kinds x masks x empty slots x odd sizes, plus opcheck and compile."""
+
+from __future__ import annotations
+
+import allpairspy
+import pytest
+import torch
+
+import steerkern
+from steerkern import reference
+from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, unit_rows
+
+AXES = {
+    "mode": ["add", "clamp", "detect"],
+    "dtype": [torch.float32, torch.bfloat16, torch.float16],
+    "program": ["per_sequence", "per_row"],
+    "masked": [False, True],
+    "empty_slots": [False, True],
+    "d": [1, 7, 769, 2304, 3584],
+    "rows": [1, 3, 4097],
+    "slots": [1, 3, 64],
+    "dictionary_fp32": [False, True],
+    "bias": [False, True],
+}
+
+
+def _small_enough(values):
+    # The reference gathers K dictionary rows per row: keep its (rows, K, d) tensor modest.
+    named = dict(zip(AXES, values))
+    if {"rows", "slots", "d"} <= named.keys():
+        return named["rows"] * named["slots"] * named["d"] <= 4097 * 3 * 2304
+    return True
+
+
+GRID = [dict(zip(AXES, case)) for case in allpairspy.AllPairs(list(AXES.values()), filter_func=_small_enough)]
+
+
+def _case_id(case):
+    return "-".join(f"{k}={str(v).replace('torch.', '')}" for k, v in case.items())
+
+
+def _inputs(case, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    rows, d, slots, dtype = case["rows"], case["d"], case["slots"], case["dtype"]
+    n_concepts = 97
+    batch = 3 if case["program"] == "per_sequence" and rows >= 3 else 1
+    seq = max(rows // batch, 1)
+    hidden = torch.randn(batch, seq, d, generator=gen).to(dtype=dtype, device=device)
+    dict_dtype = torch.float32 if case["dictionary_fp32"] else dtype
+    dictionary = unit_rows(n_concepts, d, dict_dtype, device, gen)
+    program_shape = (batch, slots) if case["program"] == "per_sequence" else (batch, seq, slots)
+    ids, coeffs = make_program(program_shape, n_concepts, case["empty_slots"], device, gen)
+    mask = (torch.rand(batch, seq, generator=gen) < 0.6).to(device) if case["masked"] else None
+    bias = (0.1 * torch.randn(n_concepts, generator=gen)).to(device) if case["bias"] else None
+    return hidden, dictionary, ids, coeffs, mask, bias
+
+
+def _check_steer(case, device, seed=0):
+    hidden, dictionary, ids, coeffs, mask, bias = _inputs(case, device, seed)
+    expected_hidden, expected_acts = reference.steer(
+        hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias
+    )
+    original = hidden.clone()
+    acts = steerkern.steer_(hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias)
+
+    assert acts.dtype == torch.float32 and acts.shape == (*hidden.shape[:-1], ids.shape[-1])
+    assert_acts_close(acts, expected_acts, case["d"])
+    assert_hidden_close(hidden, expected_hidden)
+    if case["empty_slots"]:
+        assert (acts[(ids if ids.dim() == 3 else ids[:, None, :].expand_as(acts)) < 0] == 0).all()
+    if case["mode"] == "detect":
+        assert torch.equal(hidden, original)
+    if mask is not None:  # rows outside the mask are bitwise untouched
+        assert torch.equal(hidden[~mask], original[~mask])
+
+
+@pytest.mark.parametrize("case", GRID, ids=_case_id)
+def test_steer_matches_reference_cpu(case):
+    _check_steer(case, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", GRID, ids=_case_id)
+def test_steer_matches_reference_cuda(case):
+    _check_steer(case, "cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_steer_fresh_inputs_each_seed(device):
+    # The same case on several fresh draws: a kernel that happens to match one input cannot pass.
+    case = dict(GRID[0], mode="clamp", d=769, rows=9, slots=3, program="per_row", masked=True, empty_slots=True)
+    for seed in range(1, 4):
+        _check_steer(case, device, seed)
+
+
+def test_add_is_exact_patch_for_one_concept():
+    # h' = h + α·w exactly in float32 for a single slot with no mask.
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 4, 33, generator=gen)
+    dictionary = torch.randn(5, 33, generator=gen)
+    original = hidden.clone()
+    steerkern.steer_(hidden, dictionary, torch.tensor([[2], [4]]), torch.tensor([[1.5], [-0.5]]))
+    assert torch.equal(hidden[0], original[0] + 1.5 * dictionary[2])
+    assert torch.equal(hidden[1], original[1] + -0.5 * dictionary[4])
+
+
+def test_nan_propagates_like_reference():
+    hidden = torch.randn(4, 16)
+    hidden[1, 3] = float("nan")
+    dictionary = unit_rows(6, 16, torch.float32, "cpu", torch.Generator().manual_seed(1))
+    ids, coeffs = torch.tensor([[0, 1]] * 4), torch.ones(4, 2)
+    mask = torch.tensor([True, True, False, True])
+    for mode in ("add", "clamp"):
+        expected_hidden, expected_acts = reference.steer(hidden, dictionary, ids, coeffs, mode=mode, mask=mask)
+        work = hidden.clone()
+        acts = steerkern.steer_(work, dictionary, ids, coeffs, mode=mode, mask=mask)
+        torch.testing.assert_close(work, expected_hidden, equal_nan=True)
+        torch.testing.assert_close(acts, expected_acts, equal_nan=True)
+
+
+def test_non_contiguous_hidden_is_written_back():
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 40, generator=gen)
+    hidden = base[:, ::2]  # (6, 20), stride 2
+    dictionary = unit_rows(8, 20, torch.float32, "cpu", gen)
+    ids, coeffs = make_program((6, 2), 8, False, "cpu", gen)
+    expected, _ = reference.steer(hidden, dictionary, ids, coeffs)
+    untouched = base[:, 1::2].clone()
+    steerkern.steer_(hidden, dictionary, ids, coeffs)
+    assert_hidden_close(hidden, expected)
+    assert torch.equal(base[:, 1::2], untouched)
+
+
+DETECT_AXES = {
+    "dtype": [torch.float32, torch.bfloat16, torch.float16],
+    "reduce": ["none", "max"],
+    "encoder": [False, True],
+    "threshold": [False, True],
+    "masked": [False, True],
+    "shape": [(1, 1, 7), (3, 5, 769), (2, 33, 64), (40, 16)],
+    "dictionary_fp32": [False, True],
+}
+DETECT_GRID = [dict(zip(DETECT_AXES, case)) for case in allpairspy.AllPairs(list(DETECT_AXES.values()))]
+
+
+def _check_detect(case, device):
+    gen = torch.Generator().manual_seed(3)
+    dtype, shape = case["dtype"], case["shape"]
+    d, n_concepts = shape[-1], 211
+    hidden = torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+    weight_dtype = torch.float32 if case["dictionary_fp32"] else dtype
+    dictionary = unit_rows(n_concepts, d, weight_dtype, device, gen)
+    encoder = unit_rows(n_concepts, d, weight_dtype, device, gen).T.contiguous() if case["encoder"] else None
+    bias = (0.1 * torch.randn(n_concepts, generator=gen)).to(device)
+    threshold = (0.2 * torch.rand(n_concepts, generator=gen)).to(device) if case["threshold"] else None
+    mask = (torch.rand(shape[:-1], generator=gen) < 0.7).to(device) if case["masked"] else None
+    kwargs = dict(bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=case["reduce"])
+    expected = reference.detect(hidden, dictionary, **kwargs)
+    scores = steerkern.detect(hidden, dictionary, **kwargs)
+    assert scores.dtype == torch.float32 and scores.shape == expected.shape
+    # Half inputs go through a half-precision GEMM: one rounding of each pre-activation.
+    rtol = 1e-5 if dtype == torch.float32 and weight_dtype == torch.float32 else 2 * 2.0**-8
+    torch.testing.assert_close(scores, expected, rtol=rtol, atol=1e-4 if rtol == 1e-5 else 2e-2)
+
+
+@pytest.mark.parametrize("case", DETECT_GRID, ids=_case_id)
+def test_detect_matches_reference_cpu(case):
+    _check_detect(case, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", DETECT_GRID, ids=_case_id)
+def test_detect_matches_reference_cuda(case):
+    _check_detect(case, "cuda")
