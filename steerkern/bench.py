@@ -1,0 +1,659 @@
+"""Kernel benchmarks: the fused ops against the reference, torch.compile of it, a naive formula and
+the bandwidth roof, measured as ratios in one run.
+
+One ``Workload`` per shape holds the inputs (several copies on CUDA, so that successive calls miss
+L2) and every provider as a callable over one input set; ``steerkern bench`` and the
+pytest-benchmark suite in ``benchmarks/`` both time these callables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import itertools
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import __version__, reference
+from ._backend import build_info
+from .dictionary import ConceptDictionary
+from .hooks import Steerer
+from .models import find_decoder_layers
+from .ops import detect, steer_
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = reference.MODES
+PROGRAMS = ("sequence", "token")
+STEER_PROVIDERS = ("steerkern", "reference", "compile", "naive", "roof")
+DENSE_PROVIDERS = ("steerkern", "reference", "matmul")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shape to time. ``op`` "steer" times ``steer_``; "dense" times ``detect(reduce="max")``.
+
+    hidden is (tokens // seq_len, seq_len, d); a "sequence" program gives each sequence K slots,
+    a "token" program each row. Concept ids are drawn from ``pool`` rows of a ``concepts``-row
+    dictionary (a batch of requests steering with a few concepts). ``graph`` replays the calls
+    from a CUDA graph, which removes the Python launch cost (decode-sized shapes).
+    """
+
+    op: str
+    tokens: int
+    d: int
+    dtype: str
+    k: int = 4
+    mode: str = "add"
+    program: str = "token"
+    seq_len: int = 256
+    concepts: int = 16384
+    pool: int = 32
+    graph: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        seq_len = min(self.seq_len, self.tokens)
+        return (self.tokens // seq_len, seq_len, self.d)
+
+    def label(self) -> str:
+        batch, seq_len, d = self.shape
+        if self.op == "dense":
+            return f"dense {self.dtype} T={batch * seq_len} d={d} N={self.concepts}"
+        graph = " graph" if self.graph else ""
+        return f"{self.mode} {self.program} K={self.k} {self.dtype} T={batch * seq_len} d={d}{graph}"
+
+
+def _cpu_cases(dtypes) -> list[Case]:
+    """Issue 6's CPU targets: T = 8192, d = 2304, 32 pooled concepts of a 16384-row dictionary."""
+    steer = [("add", "sequence", 4), ("add", "token", 4), ("add", "token", 16), ("clamp", "token", 4), ("detect", "token", 4)]
+    cases = [Case("steer", 8192, 2304, dtype, k=k, mode=mode, program=program) for dtype in dtypes for mode, program, k in steer]
+    return cases + [Case("dense", 512, 2304, dtype) for dtype in dtypes]
+
+
+def _cuda_cases(dtypes) -> list[Case]:
+    """Issue 6's GPU targets: bandwidth at T = 65536, speed-ups at T = 4096, the graphed decode shape."""
+    cases = []
+    for dtype, d in itertools.product(dtypes, (2304, 3584)):
+        cases += [Case("steer", 65536, d, dtype, k=k, mode=mode) for mode in MODES for k in (4, 16)]
+        cases += [Case("steer", 65536, d, dtype, k=4, program="sequence")]
+        cases += [Case("steer", 4096, d, dtype, k=4, mode=mode) for mode in MODES]
+        cases += [Case("dense", 4096, d, dtype)]
+    cases += [Case("steer", 256, 3584, dtype, k=4, program="sequence", seq_len=1, graph=True) for dtype in dtypes]
+    return cases
+
+
+def _sweep_cases(dtypes) -> list[Case]:
+    """Issue 5's axes, one at a time around T = 4096, d = 2304, K = 4, add, per-token programs."""
+    axes = {
+        "tokens": (1, 16, 256, 4096, 65536),
+        "d": (2304, 3584, 4096),
+        "k": (1, 4, 16, 64),
+        "mode": MODES,
+        "program": PROGRAMS,
+    }
+    cases = []
+    for dtype in dtypes:
+        center = Case("steer", 4096, 2304, dtype)
+        for axis, values in axes.items():
+            cases += [dataclasses.replace(center, **{axis: value}) for value in values]
+        cases.append(Case("dense", 4096, 2304, dtype))
+    return cases
+
+
+PRESETS = ("targets", "sweep")
+
+
+def default_dtypes(device: torch.device) -> list[str]:
+    return ["bfloat16"] if device.type == "cuda" else ["float32", "bfloat16"]
+
+
+def build_cases(preset: str, device: torch.device, dtypes=None, ops=("steer", "dense"), **axes) -> list[Case]:
+    """The preset's cases; each axis given in ``axes`` (a list) replaces that axis in every case."""
+    dtypes = list(dtypes or default_dtypes(device))
+    if preset == "sweep":
+        cases = _sweep_cases(dtypes)
+    else:
+        cases = _cuda_cases(dtypes) if device.type == "cuda" else _cpu_cases(dtypes)
+    axes = {name: values for name, values in axes.items() if values}
+    expanded = []
+    for case in cases:
+        if case.op not in ops:
+            continue
+        for combination in itertools.product(*axes.values()):
+            expanded.append(dataclasses.replace(case, **dict(zip(axes, combination))))
+    return list(dict.fromkeys(expanded))  # drop the duplicates a replaced axis creates, keep order
+
+
+# ---------------------------------------------------------------------------------------------
+# Providers
+
+
+def reference_steer_(hidden, dictionary, concept_ids, coeffs, mode):
+    """The reference used as an in-place op, as the fallback backend runs it."""
+    steered, acts = reference.steer(hidden, dictionary, concept_ids, coeffs, mode=mode)
+    if mode != "detect":
+        hidden.copy_(steered)
+    return acts
+
+
+def naive_steer_(hidden, dictionary, concept_ids, coeffs, mode):
+    """What one writes by hand: gather the K rows of every token, einsum, add, in hidden's dtype.
+
+    It computes only what the mode needs (no activations for ``add``), so it never does more work
+    than the fused op.
+    """
+    rows_shape = hidden.shape[:-1] + concept_ids.shape[-1:]
+    if hidden.dim() == 3 and concept_ids.dim() == 2:
+        concept_ids = concept_ids[:, None, :].expand(rows_shape)
+        coeffs = coeffs[:, None, :].expand(rows_shape)
+    rows = dictionary[concept_ids]  # (..., K, d)
+    acts = None
+    if mode != "add":
+        acts = torch.relu(torch.einsum("...d,...kd->...k", hidden, rows))
+    if mode != "detect":
+        coef = coeffs.to(hidden.dtype) if mode == "add" else coeffs.to(hidden.dtype) - acts
+        hidden.add_(torch.einsum("...k,...kd->...d", coef, rows))
+    return acts
+
+
+@dataclass
+class Workload:
+    """Inputs and providers of one case; ``bytes_moved`` is the least traffic the op needs."""
+
+    case: Case
+    inputs: list[dict]
+    providers: dict[str, Callable[[dict], object]]
+    bytes_moved: int
+    flops: int
+
+
+def _input_copies(set_bytes: int, device: torch.device) -> int:
+    """How many input sets make successive calls miss the GPU's L2 (1 on the CPU)."""
+    if device.type != "cuda":
+        return 1
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 64 << 20)
+    wanted = math.ceil(2 * l2 / max(set_bytes, 1))
+    affordable = max(1, torch.cuda.mem_get_info(device)[0] // 4 // max(set_bytes, 1))
+    return max(1, min(wanted, affordable, 64))
+
+
+def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> Workload:
+    """Random inputs for ``case`` on ``device`` and the requested providers (all by default)."""
+    generator = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[case.dtype]
+    batch, seq_len, d = case.shape
+    dictionary = torch.randn(case.concepts, d, generator=generator)
+    dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device, dtype)
+    hidden_bytes = batch * seq_len * d * dtype.itemsize
+    make = _prepare_dense if case.op == "dense" else _prepare_steer
+    build_set, provider_table, bytes_moved, flops = make(case, dictionary, generator)
+    set_bytes = hidden_bytes * (1 if case.op == "dense" else 2)  # steer sets carry a roof buffer
+    inputs = [{name: t.to(device) for name, t in build_set().items()} for _ in range(_input_copies(set_bytes, device))]
+    wanted = providers or list(provider_table)
+    chosen = {name: provider_table[name] for name in wanted if name in provider_table}
+    if "compile" in chosen:
+        torch._dynamo.reset()  # each case compiles afresh, never against the recompile limit
+    return Workload(case, inputs, chosen, bytes_moved, flops)
+
+
+def _prepare_steer(case: Case, dictionary, generator):
+    batch, seq_len, d = case.shape
+    dtype = DTYPES[case.dtype]
+    pool = torch.randperm(case.concepts, generator=generator)[: case.pool]
+    program_shape = (batch, case.k) if case.program == "sequence" else (batch, seq_len, case.k)
+
+    def build_set():
+        return {
+            "hidden": torch.randn(batch, seq_len, d, generator=generator).to(dtype),
+            "ids": pool[torch.randint(len(pool), program_shape, generator=generator)],
+            "coeffs": torch.rand(program_shape, generator=generator) * 4 + 0.5,
+            "roof": torch.empty(batch * seq_len * d * dtype.itemsize // 4),
+        }
+
+    mode = case.mode
+    compiled_reference = torch.compile(reference_steer_, dynamic=False)  # compiles on first call
+
+    def steerkern_(x):
+        return steer_(x["hidden"], dictionary, x["ids"], x["coeffs"], mode=mode, check_ids=False)
+
+    providers = {
+        "steerkern": steerkern_,
+        "reference": lambda x: reference_steer_(x["hidden"], dictionary, x["ids"], x["coeffs"], mode),
+        "compile": lambda x: compiled_reference(x["hidden"], dictionary, x["ids"], x["coeffs"], mode),
+        "naive": lambda x: naive_steer_(x["hidden"], dictionary, x["ids"], x["coeffs"], mode),
+        "roof": lambda x: x["roof"].mul_(1.0),
+    }
+    rows, slots = batch * seq_len, math.prod(program_shape)
+    hidden_bytes = rows * d * dtype.itemsize
+    traffic = hidden_bytes * (1 if mode == "detect" else 2) + rows * case.k * 4 + slots * (8 + 4)
+    return build_set, providers, traffic, 2 * rows * case.k * d * (1 if mode == "add" else 2)
+
+
+def _prepare_dense(case: Case, dictionary, generator):
+    batch, seq_len, d = case.shape
+    dtype = DTYPES[case.dtype]
+
+    def build_set():
+        return {"hidden": torch.randn(batch, seq_len, d, generator=generator).to(dtype)}
+
+    providers = {
+        "steerkern": lambda x: detect(x["hidden"], dictionary, reduce="max"),
+        "reference": lambda x: reference.detect(x["hidden"], dictionary, reduce="max"),
+        "matmul": lambda x: x["hidden"].view(-1, d) @ dictionary.T,
+    }
+    rows = batch * seq_len
+    traffic = (rows + case.concepts) * d * dtype.itemsize + batch * case.concepts * 4
+    return build_set, providers, traffic, 2 * rows * case.concepts * d
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+class _CpuClock:
+    def start(self):
+        self.began = time.perf_counter()
+
+    def stop(self) -> float:
+        return time.perf_counter() - self.began
+
+
+class _CudaClock:
+    def __init__(self):
+        self.began = torch.cuda.Event(enable_timing=True)
+        self.ended = torch.cuda.Event(enable_timing=True)
+
+    def start(self):
+        self.began.record()
+
+    def stop(self) -> float:
+        self.ended.record()
+        self.ended.synchronize()
+        return self.began.elapsed_time(self.ended) / 1e3
+
+
+class _EagerRunner:
+    """Calls the provider on the input sets in turn; one unit is one call."""
+
+    def __init__(self, fn, inputs, warmup):
+        self.fn, self.inputs, self.calls = fn, inputs, 1
+        self.next = itertools.cycle(inputs)
+        for _ in range(max(warmup, len(inputs))):
+            fn(next(self.next))
+
+    def unit(self):
+        self.fn(next(self.next))
+
+
+class _GraphRunner:
+    """Replays a CUDA graph of one call per input set (at least 8 calls); one unit is one replay."""
+
+    def __init__(self, fn, inputs, warmup):
+        sets = list(itertools.islice(itertools.cycle(inputs), max(8, len(inputs))))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # capture needs every lazy initialisation done beforehand
+            for x in sets[: max(warmup, 1)]:
+                fn(x)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for x in sets:
+                fn(x)
+        self.calls = len(sets)
+        self.graph.replay()
+
+    def unit(self):
+        self.graph.replay()
+
+
+@dataclass
+class Timing:
+    """Seconds per call: the median and best over rounds, each round ``calls_per_round`` calls."""
+
+    median_s: float = math.nan
+    min_s: float = math.nan
+    rounds: int = 0
+    calls_per_round: int = 0
+    error: str | None = None
+
+
+def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: int = 3, min_round_s: float = 1e-3):
+    """Time every provider of ``workload``; rounds of all providers interleave, so that a noisy
+    neighbour slows them alike and the ratios stay fair. A provider that fails gets ``error``."""
+    device = workload.inputs[0]["hidden"].device
+    clock = _CudaClock() if device.type == "cuda" else _CpuClock()
+    runner_type = _GraphRunner if workload.case.graph else _EagerRunner
+    timings, plans = {}, {}
+    with torch.no_grad():
+        for name, fn in workload.providers.items():
+            try:
+                runner = runner_type(fn, workload.inputs, warmup)
+                clock.start()
+                runner.unit()
+                unit_s = max(clock.stop(), 1e-9)
+            except Exception as error:  # one provider failing (OOM, no compiler) must not end the run
+                timings[name] = Timing(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+                _release(device)
+                continue
+            units = max(1, math.ceil(min_round_s / unit_s))
+            planned = min(rounds, max(3, int(budget_s / (units * unit_s))))
+            plans[name] = (runner, units, planned)
+            timings[name] = Timing(rounds=planned, calls_per_round=units * runner.calls)
+        samples = {name: [] for name in plans}
+        for round_index in range(max((plan[2] for plan in plans.values()), default=0)):
+            for name, (runner, units, planned) in plans.items():
+                if round_index >= planned:
+                    continue
+                clock.start()
+                for _ in range(units):
+                    runner.unit()
+                samples[name].append(clock.stop() / (units * runner.calls))
+    for name, values in samples.items():
+        timings[name].median_s = statistics.median(values)
+        timings[name].min_s = min(values)
+    return timings
+
+
+def _release(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
+    """Every figure of one case: per provider time, GB/s, TFLOP/s, and the ratios between them."""
+    case = workload.case
+    providers = {}
+    for name, timing in timings.items():
+        entry = {key: None if value != value else value for key, value in dataclasses.asdict(timing).items()}  # NaN is not JSON
+        if timing.error is None:
+            entry["gb_per_s"] = workload.bytes_moved / timing.median_s / 1e9
+            entry["tflop_per_s"] = workload.flops / timing.median_s / 1e12
+        providers[name] = entry
+    fused = _median(timings, "steerkern")
+    ratios = {f"steerkern_speedup_vs_{name}": _median(timings, name) / fused for name in timings if name not in ("steerkern", "roof", "matmul")}
+    if case.op == "steer":
+        ratios["steerkern_over_roof"] = fused / _median(timings, "roof")
+    else:
+        ratios["steerkern_over_matmul"] = fused / _median(timings, "matmul")
+    batch, seq_len, d = case.shape
+    return {
+        "case": dataclasses.asdict(case),
+        "label": case.label(),
+        "hidden_shape": [batch, seq_len, d],
+        "input_copies": len(workload.inputs),
+        "bytes_moved": workload.bytes_moved,
+        "flops": workload.flops,
+        "providers": providers,
+        "ratios": {name: value for name, value in ratios.items() if not math.isnan(value)},
+    }
+
+
+def _median(timings, name) -> float:
+    timing = timings.get(name)
+    return timing.median_s if timing is not None and timing.error is None else math.nan
+
+
+def run_cases(cases, device, *, providers=None, rounds=15, budget_s=1.0, progress=None):
+    """Prepare, time and summarize each case in turn (inputs freed before the next case)."""
+    results = []
+    for case in cases:
+        if progress is not None:
+            progress(case)
+        try:
+            workload = prepare(case, device, providers)
+        except torch.OutOfMemoryError as error:
+            results.append({"case": dataclasses.asdict(case), "label": case.label(), "error": f"OutOfMemoryError: {error}".splitlines()[0]})
+            _release(device)
+            continue
+        results.append(summarize(workload, time_workload(workload, rounds=rounds, budget_s=budget_s)))
+        del workload
+        _release(device)
+    return results
+
+
+def format_time(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _ratio(value, digits=2, suffix="×") -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}{suffix}"
+
+
+def format_table(headers, rows, align="right") -> str:
+    """Plain-text table, cells right-aligned (figures) or left-aligned (text)."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    pad = str.rjust if align == "right" else str.ljust
+    lines = ["  ".join(pad(str(cell), width) for cell, width in zip(line, widths)).rstrip() for line in (headers, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_pairs(pairs) -> str:
+    """``key  value`` lines with the keys padded to one width."""
+    width = max(len(key) for key, _ in pairs)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in pairs)
+
+
+def _speedup_columns(results, names):
+    """Speed-up columns for the baselines that were run in at least one of ``results``."""
+    ran = {name for result in results for name in result.get("providers", {})}
+    return [name for name in names if name in ran]
+
+
+def steer_table(results) -> str:
+    results = [result for result in results if result["case"]["op"] == "steer"]
+    baselines = _speedup_columns(results, ("reference", "compile", "naive"))
+    headers = ["mode", "program", "K", "dtype", "T", "d", "roof", "steerkern", "GB/s", "% roof", "op/roof"]
+    headers += [f"vs {name}" for name in baselines]
+    rows = []
+    for result in results:
+        case = result["case"]
+        providers, ratios = result.get("providers", {}), result.get("ratios", {})
+        fused = providers.get("steerkern", {})
+        over_roof = ratios.get("steerkern_over_roof", math.nan)
+        batch, seq_len, d = result.get("hidden_shape", (0, case["tokens"], case["d"]))
+        rows.append([
+            case["mode"], case["program"] + (" graph" if case["graph"] else ""), case["k"], case["dtype"],
+            batch * seq_len, d,
+            format_time(_get(providers.get("roof"), "median_s")),
+            format_time(_get(fused, "median_s")),
+            f"{fused['gb_per_s']:.1f}" if "gb_per_s" in fused else "n/a",
+            _ratio(100 / over_roof, 0, "%"), _ratio(over_roof),
+            *(_ratio(ratios.get(f"steerkern_speedup_vs_{name}", math.nan), 1) for name in baselines),
+        ])
+    return format_table(headers, rows) if rows else ""
+
+
+def dense_table(results) -> str:
+    results = [result for result in results if result["case"]["op"] == "dense"]
+    headers = ["dtype", "T", "d", "N", "matmul", "steerkern", "op/matmul", "TFLOP/s", "reference", "vs reference"]
+    rows = []
+    for result in results:
+        case = result["case"]
+        providers, ratios = result.get("providers", {}), result.get("ratios", {})
+        fused = providers.get("steerkern", {})
+        batch, seq_len, d = result.get("hidden_shape", (0, case["tokens"], case["d"]))
+        rows.append([
+            case["dtype"], batch * seq_len, d, case["concepts"],
+            format_time(_get(providers.get("matmul"), "median_s")),
+            format_time(_get(fused, "median_s")),
+            _ratio(ratios.get("steerkern_over_matmul", math.nan)),
+            f"{fused['tflop_per_s']:.2f}" if "tflop_per_s" in fused else "n/a",
+            format_time(_get(providers.get("reference"), "median_s")),
+            _ratio(ratios.get("steerkern_speedup_vs_reference", math.nan), 1),
+        ])
+    return format_table(headers, rows) if rows else ""
+
+
+def _get(entry, key) -> float:
+    value = (entry or {}).get(key)
+    return math.nan if value is None else value
+
+
+def failures(results) -> list[str]:
+    """One line per case or provider that could not be timed."""
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['label']}: {result['error']}")
+        for name, entry in result.get("providers", {}).items():
+            if entry.get("error"):
+                lines.append(f"{result['label']} [{name}]: {entry['error']}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine description and end-to-end generation
+
+
+def environment() -> dict:
+    """Machine, GPUs, versions and build: what every set of figures is recorded with."""
+    import numpy
+    import transformers
+
+    gpus = []
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append({
+            "index": index,
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+            "l2_mib": round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
+        })
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "steerkern": __version__,
+        "build": build_info(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "numpy": numpy.__version__,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()),
+        },
+        "gpus": gpus,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+E2E_VARIANTS = ("unsteered", "steerkern", "forward hook")
+
+
+@contextlib.contextmanager
+def _forward_hook_adding(module, vector):
+    """The plain PyTorch way: a forward hook returning the layer output plus a vector."""
+
+    def add(module, args, output):
+        if isinstance(output, tuple):
+            return (output[0] + vector, *output[1:])
+        return output + vector
+
+    handle = module.register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt_length=32, new_tokens=32,
+            repeats=5, concept=0, factor=4.0, seed=0) -> dict:
+    """Greedy generation tokens/s: unsteered, steered through steerkern hooks, and steered through
+    a plain forward hook adding the same vector (factor × max_act × row) at ``layer``."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    config = model.config.get_text_config()
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, config.vocab_size, (batch, prompt_length), generator=generator)
+    if config.bos_token_id is not None:
+        input_ids[:, 0] = config.bos_token_id
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+
+    steering = Steerer(model, dictionary, layers=[layer]).steer(concepts=[[concept]] * batch, factors=[[factor]] * batch)
+    vector = (dictionary.weight[concept].float() * factor * float(dictionary.max_act[concept])).to(device, dtype)
+    layer_module = find_decoder_layers(model).layers[layer]
+    contexts = {
+        "unsteered": contextlib.nullcontext,
+        "steerkern": lambda: steering,
+        "forward hook": lambda: _forward_hook_adding(layer_module, vector),
+    }
+
+    def generate(variant, tokens):
+        with torch.no_grad(), contexts[variant]():
+            output = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return output
+
+    for variant in E2E_VARIANTS:
+        generate(variant, 2)  # warm-up: first-call allocations and lazy initialisation
+    seconds = {variant: [] for variant in E2E_VARIANTS}
+    outputs = {}
+    for _ in range(repeats):  # interleaved, so that drift and noisy neighbours hit each variant alike
+        for variant in E2E_VARIANTS:
+            began = time.perf_counter()
+            outputs[variant] = generate(variant, new_tokens)
+            seconds[variant].append(time.perf_counter() - began)
+    tokens_per_s = {variant: batch * new_tokens / statistics.median(values) for variant, values in seconds.items()}
+    return {
+        "batch": batch,
+        "prompt_length": prompt_length,
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "layer": layer,
+        "concept_row": concept,
+        "factor": factor,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "tokens_per_s": tokens_per_s,
+        "seconds": seconds,
+        "steerkern_over_unsteered": tokens_per_s["steerkern"] / tokens_per_s["unsteered"],
+        "steerkern_over_forward_hook": tokens_per_s["steerkern"] / tokens_per_s["forward hook"],
+        "steered_tokens_agree": bool(torch.equal(outputs["steerkern"], outputs["forward hook"])),
+        "steering_changed_tokens": not torch.equal(outputs["steerkern"], outputs["unsteered"]),
+    }
+
+
+def e2e_table(result: dict) -> str:
+    rates = result["tokens_per_s"]
+    rows = [[variant, f"{rate:.1f}", f"{100 * rate / rates['unsteered']:.1f}%"] for variant, rate in rates.items()]
+    return format_table(["generation", "tokens/s", "of unsteered"], rows)
