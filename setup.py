@@ -35,23 +35,22 @@ def sm_names(arch_list: str) -> str:
 def extension():
     kind = build_kind()
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    macros = [("STEERKERN_TORCH_VERSION", torch.__version__)]
-    flags = {"cxx": ["-O3", "-fopenmp"]}
+    # Build facts for build_info(), as C++-only flags: nvcc would split a value at its commas.
+    flags = {"cxx": ["-O3", "-fopenmp", f"-DSTEERKERN_TORCH_VERSION={torch.__version__}"]}
     if kind == "cpu":
         return cpp_extension.CppExtension(
-            "steerkern._C", cpu_sources, define_macros=macros, extra_compile_args=flags, extra_link_args=["-fopenmp"]
+            "steerkern._C", cpu_sources, extra_compile_args=flags, extra_link_args=["-fopenmp"]
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
-    macros += [
-        ("STEERKERN_WITH_CUDA", None),
-        ("STEERKERN_CUDA_ARCHS", sm_names(os.environ["TORCH_CUDA_ARCH_LIST"])),
-        ("STEERKERN_CUDA_VERSION", torch.version.cuda),
+    flags["cxx"] += [
+        "-DSTEERKERN_WITH_CUDA",
+        f"-DSTEERKERN_CUDA_ARCHS={sm_names(os.environ['TORCH_CUDA_ARCH_LIST'])}",
+        f"-DSTEERKERN_CUDA_VERSION={torch.version.cuda}",
     ]
     flags["nvcc"] = ["-O3", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "steerkern._C",
         cpu_sources + sorted(glob.glob("csrc/*.cu")),
-        define_macros=macros,
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"],
     )

@@ -5,12 +5,16 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 namespace steerkern {
 namespace {
 
 // Bytes of GEMM output held at once: large enough to keep the GEMM efficient, small enough that
 // reduce="max" over long inputs never materialises the full (T, N) scores.
 constexpr int64_t kChunkBytes = int64_t{256} << 20;
+// Keeps the epilogue's launch grid within CUDA's limits when N is small.
+constexpr int64_t kMaxChunkRows = int64_t{1} << 20;
 
 at::Tensor optional_float(const std::optional<at::Tensor>& tensor, int64_t concepts, const char* name,
                           const at::Tensor& hidden) {
@@ -68,7 +72,7 @@ at::Tensor detect_dense(const at::Tensor& hidden, const at::Tensor& weight, bool
   const auto gemm_dtype = rhs.scalar_type();
   const at::Tensor rows = hidden.reshape({p.rows, d});
   at::Tensor out_rows = reduce_max ? out : out.view({p.rows, p.concepts});
-  const int64_t chunk = std::max<int64_t>(1, kChunkBytes / (p.concepts * rhs.element_size()));
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / (p.concepts * rhs.element_size()), 1, kMaxChunkRows);
   for (int64_t first = 0; first < p.rows; first += chunk) {
     const int64_t count = std::min(chunk, p.rows - first);
     const at::Tensor lhs = rows.narrow(0, first, count).to(gemm_dtype);

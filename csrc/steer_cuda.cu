@@ -114,12 +114,13 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
   }
 }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+bool aligned(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 template <typename scalar_t, typename dict_t>
 void launch(const SteerParams& params, int device) {
   constexpr int kVec = 16 / sizeof(scalar_t);
-  const bool vectorised = params.d % kVec == 0 && aligned16(params.hidden) && aligned16(params.dictionary);
+  const bool vectorised = params.d % kVec == 0 && aligned(params.hidden, sizeof(cuda::Pack<scalar_t, kVec>)) &&
+                          aligned(params.dictionary, sizeof(cuda::Pack<dict_t, kVec>));
   auto kernel = vectorised ? steer_kernel<scalar_t, dict_t, kVec> : steer_kernel<scalar_t, dict_t, 1>;
   const size_t smem = shared_bytes(params.slots, params.d);
   if (smem > 48 * 1024) {
