@@ -1,5 +1,7 @@
 // The op schemas, defined once, and the Python module whose import registers them.
 // Kernels register per dispatch key next to their code (steer_cpu.cpp, steer_cuda.cu, ...).
+#include "steer.h"
+
 #include <Python.h>
 #include <torch/library.h>
 
@@ -24,8 +26,13 @@ TORCH_LIBRARY(steerkern, m) {
       "Tensor? mask, bool reduce_max) -> Tensor");
 }
 
+static PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(steerkern::cpu_isa()); }
+
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "steerkern's compiled ops", -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"cpu_isa", cpu_isa, METH_NOARGS, "Instruction set the CPU kernels run with."},
+      {nullptr, nullptr, 0, nullptr}};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "steerkern's compiled ops", -1, methods};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef STEERKERN_WITH_CUDA

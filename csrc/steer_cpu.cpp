@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -47,24 +48,39 @@ namespace {
 
 using RowsKernel = void (*)(const SteerProblem&, int64_t, int64_t);
 
-RowsKernel pick_rows_kernel() {
+struct CpuKernel {
+  const char* isa;
+  RowsKernel rows;
+};
+
+// The widest instruction set this CPU runs; STEERKERN_CPU_ISA=base|avx|avx2 caps it (for tests
+// and comparisons).
+CpuKernel pick_cpu_kernel() {
+  const char* cap = std::getenv("STEERKERN_CPU_ISA");
+  const std::string_view limit = cap ? cap : "";
 #ifdef STEERKERN_X86_DISPATCH
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq")) {
-    return &isa_avx512::steer_rows_any;
-  }
   const bool fma_f16c = __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  if (fma_f16c && __builtin_cpu_supports("avx2")) return &isa_avx2::steer_rows_any;
-  if (fma_f16c && __builtin_cpu_supports("avx")) return &isa_avx::steer_rows_any;
+  const bool avx = fma_f16c && __builtin_cpu_supports("avx") && limit != "base";
+  const bool avx2 = avx && __builtin_cpu_supports("avx2") && limit != "avx";
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && limit != "avx2";
+  if (avx512) return {"avx512", &isa_avx512::steer_rows_any};
+  if (avx2) return {"avx2", &isa_avx2::steer_rows_any};
+  if (avx) return {"avx", &isa_avx::steer_rows_any};
 #endif
-  return &isa_base::steer_rows_any;
+  return {"base", &isa_base::steer_rows_any};
+}
+
+const CpuKernel& cpu_kernel() {
+  static const CpuKernel kernel = pick_cpu_kernel();
+  return kernel;
 }
 
 at::Tensor steer_cpu(const at::Tensor& hidden, const at::Tensor& dictionary, const at::Tensor& concept_ids,
                      const at::Tensor& coeffs, c10::string_view mode, const std::optional<at::Tensor>& mask,
                      const std::optional<at::Tensor>& bias) {
-  static const RowsKernel rows_kernel = pick_rows_kernel();
+  const RowsKernel rows_kernel = cpu_kernel().rows;
   const SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
                                             std::string_view(mode.data(), mode.size()), mask, bias);
   // Enough rows per task that threading pays for itself on short inputs.
@@ -74,6 +90,8 @@ at::Tensor steer_cpu(const at::Tensor& hidden, const at::Tensor& dictionary, con
 }
 
 }  // namespace
+
+const char* cpu_isa() { return cpu_kernel().isa; }
 
 TORCH_LIBRARY_IMPL(steerkern, CPU, m) { m.impl("steer_", &steer_cpu); }
 

@@ -70,6 +70,7 @@ def build_info() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        "cpu_isa": None,
     }
     if compiled is not None:
         info.update(
@@ -77,5 +78,6 @@ def build_info() -> dict:
             cuda_archs=[a for a in compiled.CUDA_ARCHS.split(",") if a],
             built_torch=compiled.TORCH_VERSION,
             built_cuda=compiled.CUDA_VERSION or None,
+            cpu_isa=compiled.cpu_isa(),
         )
     return info

@@ -97,3 +97,28 @@ def test_build_info_reports_versions():
         assert info["built_torch"] == torch.__version__
         if info["compiled_with_cuda"]:
             assert {"sm_80", "sm_90"} <= set(info["cuda_archs"])
+
+
+@compiled
+@pytest.mark.parametrize("isa", ["base", "avx", "avx2"])
+def test_every_cpu_instruction_set_matches_reference(isa):
+    # The CPU kernel is compiled once per instruction set; cap it to check the narrower copies too.
+    script = (
+        "import torch, steerkern\n"
+        "from steerkern import reference\n"
+        "from tests.op_cases import assert_hidden_close, make_program, unit_rows\n"
+        "g = torch.Generator().manual_seed(11)\n"
+        "for dtype in (torch.float32, torch.bfloat16, torch.float16):\n"
+        "    h = torch.randn(37, 777, generator=g).to(dtype)\n"
+        "    w = unit_rows(50, 777, dtype, 'cpu', g)\n"
+        "    ids, c = make_program((37, 6), 50, True, 'cpu', g)\n"
+        "    want, want_acts = reference.steer(h, w, ids, c, mode='clamp')\n"
+        "    acts = steerkern.steer_(h, w, ids, c, mode='clamp')\n"
+        "    assert_hidden_close(h, want)\n"
+        "    torch.testing.assert_close(acts, want_acts, rtol=1e-5, atol=1e-3)\n"
+        "print(steerkern.build_info()['cpu_isa'])\n"
+    )
+    env = {**os.environ, "STEERKERN_CPU_ISA": isa}
+    root = os.path.dirname(os.path.dirname(__file__))
+    used = subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=root, capture_output=True, text=True)
+    assert used.stdout.strip() in ({"base"} if isa == "base" else {"base", "avx"} if isa == "avx" else {"base", "avx", "avx2"})
