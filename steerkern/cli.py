@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import json
 import shlex
+import socket
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -117,31 +119,52 @@ def load_model(spec: str, device: torch.device, dtype: torch.dtype):
         return demo.build_model(device=device, dtype=dtype), demo.build_tokenizer()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Offline, transformers retries the Hub for most of a minute; look in the local cache only.
+    local_only = not Path(spec).is_dir() and not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(spec, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as error:
+        where = "not a local folder, not in the Hugging Face cache, and the Hub is not reachable" if local_only else "not loadable"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"cannot load model {spec!r} (not a local folder, and not reachable on the Hub from here): {reason}") from None
+        raise UsageError(f"cannot load model {spec!r} ({where}): {reason}") from None
     tokenizer.padding_side = "left"  # generation continues every row from its last column
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
 
 
-def load_dictionary(spec: str, subfolder, model, tokenizer, model_spec: str, layer: int):
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_model_and_dictionary(args, device, dtype, layer, prepare=lambda dictionary: None):
+    """(model, tokenizer, dictionary, prepare(dictionary)) for --model / --dictionary. A dictionary
+    file is read, and ``prepare`` run on it, before the model loads: bad input fails fast."""
+    from . import demo
     from .dictionary import ConceptDictionary
 
-    if spec == "demo":
-        if model_spec != "demo":
+    if args.dictionary == "demo":
+        if args.model != "demo":
             raise UsageError("--dictionary demo is made on the demo model; use it with --model demo")
-        from . import demo
-
-        return demo.demo_dictionary(model, tokenizer, layer)[0]
+        model, tokenizer = load_model(args.model, device, dtype)
+        dictionary = demo.demo_dictionary(model, tokenizer, layer)[0]
+        return model, tokenizer, dictionary, prepare(dictionary)
     try:
-        return ConceptDictionary.load(spec, subfolder=subfolder)
+        dictionary = ConceptDictionary.load(args.dictionary, subfolder=args.subfolder)
     except KeyError as error:
-        raise UsageError(f"cannot read dictionary {spec!r}: {error.args[0]}") from None
+        raise UsageError(f"cannot read dictionary {args.dictionary!r}: {error.args[0]}") from None
+    prepared = prepare(dictionary)
+    return (*load_model(args.model, device, dtype), dictionary, prepared)
 
 
 def resolve_layer(args) -> int:
@@ -291,9 +314,9 @@ def cmd_steer(args) -> int:
     device = resolve_device(args.device)
     dtype = _single_dtype(args, device)
     layer = resolve_layer(args)
-    model, tokenizer = load_model(args.model, device, dtype)
-    dictionary = load_dictionary(args.dictionary, args.subfolder, model, tokenizer, args.model, layer)
-    requests = steering_requests(args, dictionary)
+    model, tokenizer, dictionary, requests = load_model_and_dictionary(
+        args, device, dtype, layer, lambda dictionary: steering_requests(args, dictionary)
+    )
     steerer = Steerer(model, dictionary, layers=[layer])
     names = dictionary.names
     with _output(args.output) as out:
@@ -343,8 +366,7 @@ def cmd_detect(args) -> int:
     prompts = read_prompts(args)
     if not prompts:
         raise UsageError("no prompts: give PROMPT arguments or --file FILE")
-    model, tokenizer = load_model(args.model, device, dtype)
-    dictionary = load_dictionary(args.dictionary, args.subfolder, model, tokenizer, args.model, layer)
+    model, tokenizer, dictionary, _ = load_model_and_dictionary(args, device, dtype, layer)
     steerer = Steerer(model, dictionary, layers=[layer])
     with _output(args.output) as out:
         for batch in _progress(_batches(prompts, args.batch_size), "detecting"):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from transformers.initialization import no_init_weights
 
 from .dictionary import ConceptDictionary
 from .models import find_decoder_layers
@@ -33,7 +34,7 @@ from .models import find_decoder_layers
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")  # Gemma's ids 0..3
 PAD, BOS = 0, 2
 DEMO_LAYER = 1  # the layer the demo dictionary is made for and read at
-FULL_SIZE = {"hidden_size": 2304, "num_layers": 4, "intermediate_size": 4608, "heads": 8, "head_dim": 256}
+FULL_SIZE = {"hidden_size": 2304, "num_layers": 4, "intermediate_size": 2304, "heads": 8, "head_dim": 256}
 QUICK_SIZE = {"hidden_size": 256, "num_layers": 3, "intermediate_size": 512, "heads": 2, "head_dim": 64}
 
 CONCEPT_EXAMPLES = {
@@ -78,9 +79,10 @@ CONCEPT_EXAMPLES = {
 # Prompts the demo reads and steers: none of them is one of the examples above.
 DEMO_PROMPTS = [
     "Order 66 shipped on 12/04 at 17:30.",
-    "while (queue) { node = queue.pop(); }",
+    "if (x[i] == y) { z += 1; }",
     "WHAT A GAME THAT WAS",
     "the garden was still and quiet",
+    "What time is it now?",
 ]
 # One steering program per prompt: (concept, factor) pairs; factors follow AxBench's range.
 DEMO_PROGRAMS = [
@@ -88,6 +90,7 @@ DEMO_PROGRAMS = [
     [("numbers and digits", 2.0), ("questions", 2.0)],
     [("quiet lowercase prose", 8.0)],
     [("shouting in capital letters", 4.0)],
+    [("punctuation and symbols", 4.0)],
 ]
 
 
@@ -128,8 +131,8 @@ def build_model(*, quick=False, num_layers=None, vocab_size=None, device="cpu", 
         tie_word_embeddings=False,  # tied embeddings make a random model echo its last token
         attn_implementation="eager",
     )
-    torch.manual_seed(seed)
-    model = Gemma2ForCausalLM(config)
+    with no_init_weights():  # every matrix is drawn below; the norms start at zero either way
+        model = Gemma2ForCausalLM(config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -140,16 +143,25 @@ def build_model(*, quick=False, num_layers=None, vocab_size=None, device="cpu", 
     return model.to(device=device, dtype=dtype).eval()
 
 
+class _LayerReached(Exception):
+    """Raised by the capturing hook: the layers above the one read need not run."""
+
+
 def layer_activations(model, tokenizer, texts, layer: int) -> list[torch.Tensor]:
     """Float32 outputs of decoder layer ``layer`` (what the hooks see) for each text's tokens after ``<bos>``."""
     batch = tokenizer(texts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
     captured = []
-    handle = find_decoder_layers(model).layers[layer].register_forward_hook(
-        lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output)
-    )
+
+    def capture(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _LayerReached
+
+    handle = find_decoder_layers(model).layers[layer].register_forward_hook(capture)
     try:
         with torch.no_grad():
             model(**batch)
+    except _LayerReached:
+        pass
     finally:
         handle.remove()
     hidden = captured[0].float()
@@ -159,7 +171,9 @@ def layer_activations(model, tokenizer, texts, layer: int) -> list[torch.Tensor]
 
 def diffmean_dictionary(model, tokenizer, layer: int) -> ConceptDictionary:
     """DiffMean rows, a halfway detection bias and max_act, from ``CONCEPT_EXAMPLES``."""
-    tokens = {name: torch.cat(layer_activations(model, tokenizer, texts, layer)) for name, texts in CONCEPT_EXAMPLES.items()}
+    texts = [text for examples in CONCEPT_EXAMPLES.values() for text in examples]
+    per_text = iter(layer_activations(model, tokenizer, texts, layer))  # one forward pass for all examples
+    tokens = {name: torch.cat([next(per_text) for _ in examples]) for name, examples in CONCEPT_EXAMPLES.items()}
     everything = torch.cat(list(tokens.values()))
     overall = everything.mean(dim=0)
     rows, biases, max_acts = [], [], []

@@ -1,0 +1,263 @@
+"""The ``steerkern`` command: every subcommand on tiny inputs, its JSON, and its exit statuses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from steerkern import bench, demo
+from steerkern.cli import main
+from steerkern.dictionary import ConceptDictionary
+from tests.tiny_models import tiny_gemma2
+
+CONCEPTS = ["the ocean and the sea", "cooking food", "source code", "music and songs", "legal contracts",
+            "weather forecasts", "space travel", "gardening"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A Gemma-2 with d = 64 and the demo's character tokenizer, saved like a Hub checkpoint."""
+    folder = tmp_path_factory.mktemp("tiny-gemma2")
+    tokenizer = demo.build_tokenizer()
+    tiny_gemma2(hidden_size=64, num_layers=3, vocab=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _write_dictionary(path, d, seed=0):
+    rows = torch.randn(len(CONCEPTS), d, generator=torch.Generator().manual_seed(seed))
+    ConceptDictionary(rows / rows.norm(dim=1, keepdim=True), max_act=torch.full((len(CONCEPTS),), 3.0), concepts=CONCEPTS).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dictionary_file(tmp_path_factory):
+    return _write_dictionary(tmp_path_factory.mktemp("dictionary") / "concepts.safetensors", 64)
+
+
+def run(argv, capsys):
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- info and help ----------------------------------------------------------------------------
+
+
+def test_info_names_backend_versions_and_device(capsys):
+    status, out, _ = run(["info", "--device", "cpu"], capsys)
+    assert status == 0
+    for field in ("backend", "CUDA archs", "torch", "transformers", "GPUs", "selected"):
+        assert field in out
+
+
+def test_info_json_holds_build_and_machine(capsys):
+    status, out, _ = run(["info", "--json", "--device", "cpu", "--dtype", "bf16"], capsys)
+    info = json.loads(out)
+    assert status == 0
+    assert info["build"]["backend"] in ("compiled", "reference")
+    assert info["selected"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert {"torch", "transformers", "python"} <= set(info["versions"])
+    assert isinstance(info["gpus"], list)
+
+
+@pytest.mark.parametrize("command", ["info", "demo", "steer", "detect", "bench"])
+def test_every_command_explains_its_options(command, capsys):
+    status, out, _ = run([command, "--help"], capsys)
+    assert status == 0
+    assert "--device" in out and "--dtype" in out
+
+
+# --- bad usage: exit 2, one line ----------------------------------------------------------------
+
+
+def _bad_usages(model, dictionary, tmp_path):
+    wrong_width = _write_dictionary(tmp_path / "wrong_width.safetensors", 32)
+    base = ["--model", model, "--dictionary", dictionary, "--layer", "1", "--device", "cpu"]
+    usages = [
+        (["frobnicate"], "invalid choice"),
+        (["bench", "--dtype", "float64"], "float64"),
+        (["bench", "--mode", "scale"], "scale"),
+        (["bench", "--tokens", "0"], "positive"),
+        (["bench", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs"),
+        (["bench", "--device", "tpu"], "device"),
+        (["steer", "--model", "demo", "--dictionary", str(tmp_path / "missing.safetensors"), "hi"], "missing.safetensors"),
+        (["steer", *base, "--concept", "no such concept", "--factor", "1", "hi"], "unknown concept"),
+        (["steer", *base, "--concept", "99", "--factor", "1", "hi"], "unknown concept"),
+        (["steer", *base, "--concept", "ocean", "hi"], "--factor"),
+        (["steer", *base, "--concept", "ocean", "--factor", "1", "--factor", "2", "--factor", "3", "hi"], "one --factor per"),
+        (["steer", *base, "--programs", str(tmp_path / "none.jsonl")], "none.jsonl"),
+        (["steer", *base], "no prompts"),
+        (["detect", *base[:4], "--layer", "7", "hi"], "out of range"),
+        (["detect", *base[:2], "--dictionary", wrong_width, "--layer", "1", "hi"], "d=32"),
+        (["detect", "--model", str(tmp_path / "no-such-model"), "--dictionary", dictionary, "--layer", "1", "hi"], "cannot load model"),
+        (["detect", "--model", model, "--dictionary", "demo", "--layer", "1", "hi"], "--model demo"),
+        (["detect", *base, "--dtype", "fp32,bf16", "hi"], "one dtype"),
+    ]
+    if not torch.cuda.is_available():
+        usages.append((["info", "--device", "cuda"], "CUDA is not available"))
+    return usages
+
+
+def test_bad_usage_exits_2_with_one_line(tiny_model_dir, dictionary_file, tmp_path, capsys):
+    for argv, fragment in _bad_usages(tiny_model_dir, dictionary_file, tmp_path):
+        status, out, err = run(argv, capsys)
+        *before, message = err.strip().splitlines()  # before: at most the progress bars of a model load
+        assert status == 2, argv
+        assert message.startswith("steerkern") and ": error: " in message and fragment in message, (argv, err)
+        assert not any("error" in line.lower() or "Traceback" in line for line in before), (argv, err)
+        assert out == "", argv
+
+
+def test_console_script_exit_statuses():
+    """Through a real process: ``sys.exit(main())`` turns the statuses into exit codes."""
+    command = [sys.executable, "-m", "steerkern.cli"]
+    ok = subprocess.run([*command, "info", "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*command, "bench", "--k", "x"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "backend" in ok.stdout
+    assert bad.returncode == 2
+    assert [line for line in bad.stderr.splitlines() if "error" in line] == [bad.stderr.strip().splitlines()[-1]]
+
+
+# --- steer and detect ---------------------------------------------------------------------------
+
+
+def test_steer_writes_one_generation_per_prompt(tiny_model_dir, dictionary_file, tmp_path, capsys):
+    output = tmp_path / "steered.jsonl"
+    argv = ["steer", "--model", tiny_model_dir, "--dictionary", dictionary_file, "--layer", "1", "--device", "cpu",
+            "--concept", "ocean", "--factor", "2", "--concept", "4", "--factor", "0.5", "--max-new-tokens", "3",
+            "--output", str(output), "first prompt", "second prompt"]
+    status, _, _ = run(argv, capsys)
+    records = _jsonl(output)
+    assert status == 0
+    assert [record["prompt"] for record in records] == ["first prompt", "second prompt"]
+    assert records[0]["program"] == [
+        {"concept_id": 0, "concept": "the ocean and the sea", "factor": 2.0},
+        {"concept_id": 4, "concept": "legal contracts", "factor": 0.5},
+    ]
+    assert all(isinstance(record["generation"], str) for record in records)
+
+
+def test_steer_programs_file_gives_each_prompt_its_concepts(tiny_model_dir, dictionary_file, tmp_path, capsys):
+    programs = tmp_path / "programs.jsonl"
+    lines = [
+        {"prompt": "abc", "concepts": [], "factors": []},
+        {"prompt": "abc", "concepts": ["gardening"], "factors": [40.0]},
+        {"prompt": "xyz", "concepts": [1, "space"], "factors": [1.0, 2.0]},
+    ]
+    programs.write_text("\n".join(map(json.dumps, lines)) + "\n")
+    output = tmp_path / "out.jsonl"
+    argv = ["steer", "--model", tiny_model_dir, "--dictionary", dictionary_file, "--layer", "1", "--device", "cpu",
+            "--programs", str(programs), "--batch-size", "2", "--max-new-tokens", "4", "--mode", "clamp", "--output", str(output)]
+    status, _, _ = run(argv, capsys)
+    records = _jsonl(output)
+    assert status == 0
+    assert [[p["concept"] for p in record["program"]] for record in records] == [[], ["gardening"], ["cooking food", "space travel"]]
+    assert records[0]["generation"] != records[1]["generation"]  # a strong clamp changes greedy decoding
+
+
+def test_detect_lists_top_concepts_best_first(tiny_model_dir, dictionary_file, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("from a file\n\nanother one\n")
+    output = tmp_path / "readout.jsonl"
+    argv = ["detect", "--model", tiny_model_dir, "--dictionary", dictionary_file, "--layer", "2", "--device", "cpu",
+            "--top-k", "3", "--file", str(prompts), "--output", str(output), "an argument"]
+    status, _, _ = run(argv, capsys)
+    records = _jsonl(output)
+    assert status == 0
+    assert [record["prompt"] for record in records] == ["an argument", "from a file", "another one"]
+    for record in records:
+        scores = [entry["score"] for entry in record["top"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert all(entry["concept"] == CONCEPTS[entry["concept_id"]] for entry in record["top"])
+
+
+def test_detect_prints_a_readable_listing(tiny_model_dir, dictionary_file, capsys):
+    argv = ["detect", "--model", tiny_model_dir, "--dictionary", dictionary_file, "--layer", "1", "--device", "cpu", "--top-k", "2", "hello"]
+    status, out, _ = run(argv, capsys)
+    assert status == 0
+    assert out.splitlines()[0] == "'hello'" and len(out.splitlines()) == 3
+
+
+def test_steer_with_the_embedded_model_and_dictionary(capsys):
+    argv = ["steer", "--model", "demo", "--dictionary", "demo", "--device", "cpu", "--concept", "source code",
+            "--factor", "4", "--max-new-tokens", "2", "WHAT A GAME"]
+    status, out, _ = run(argv, capsys)
+    assert status == 0
+    assert out.startswith("[source code ×4] 'WHAT A GAME'")
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def test_demo_reads_steers_and_times(capsys):
+    status, out, _ = run(["demo", "--quick", "--device", "cpu"], capsys)
+    assert status == 0
+    for section in ("saved in steerkern's .safetensors format", "Detection at layer", "Steering at layer", "Speed of steer_", "done in"):
+        assert section in out
+    steering_rows = out.split("Steering at layer")[1].split("Speed of")[0].strip().splitlines()[3:]
+    assert len(steering_rows) == 2 * len(demo.DEMO_PROMPTS)
+    assert sum("unsteered" in row for row in steering_rows) == len(demo.DEMO_PROMPTS)
+
+
+# --- bench --------------------------------------------------------------------------------------
+
+
+TINY_BENCH = ["bench", "--device", "cpu", "--tokens", "64", "--d", "48", "--k", "2", "--concepts", "96", "--pool", "8",
+              "--rounds", "3", "--budget", "0.01"]
+
+
+def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    argv = [*TINY_BENCH, "--dtype", "fp32,bf16", "--providers", "steerkern,reference,naive,roof,matmul", "--json", str(path)]
+    status, out, _ = run(argv, capsys)
+    report = json.loads(path.read_text())
+    assert status == 0
+    assert "op/roof" in out and "op/matmul" in out
+    assert {"command", "date", "build", "versions", "machine", "gpus", "cases"} <= set(report)
+    assert report["command"].startswith("steerkern bench --device cpu")
+    steer_cases = [case for case in report["cases"] if case["case"]["op"] == "steer"]
+    assert len(steer_cases) == 2 * 4  # the 5 target programs, add/token/K=4 and K=16 merged by --k 2, per dtype
+    assert len(report["cases"]) == len(steer_cases) + 2
+    for case in steer_cases:
+        assert set(case["providers"]) == {"steerkern", "reference", "naive", "roof"}
+        assert all(entry["error"] is None and entry["median_s"] > 0 for entry in case["providers"].values())
+        assert case["ratios"]["steerkern_over_roof"] > 0 and "steerkern_speedup_vs_naive" in case["ratios"]
+        assert case["hidden_shape"] == [1, 64, 48]
+
+
+def test_bench_times_torch_compile_of_the_reference(capsys):
+    argv = [*TINY_BENCH, "--dtype", "fp32", "--ops", "steer", "--mode", "clamp", "--program", "token", "--k", "2",
+            "--providers", "steerkern,compile,roof"]
+    status, out, err = run(argv, capsys)
+    assert status == 0, err
+    assert "vs compile" in out and "could not time" not in err
+
+
+def test_bench_e2e_compares_hooks_with_a_plain_forward_hook(tmp_path, capsys):
+    path = tmp_path / "e2e.json"
+    argv = ["bench", "--e2e", "--quick", "--device", "cpu", "--batch-size", "2", "--prompt-length", "4",
+            "--max-new-tokens", "3", "--repeats", "1", "--json", str(path)]
+    status, out, _ = run(argv, capsys)
+    result = json.loads(path.read_text())["e2e"]
+    assert status == 0
+    assert set(result["tokens_per_s"]) == set(bench.E2E_VARIANTS)
+    assert result["steered_tokens_agree"]  # same math in float32: the same greedy tokens
+    assert "of unsteered" in out
+
+
+def test_bench_axes_replace_the_preset_values():
+    cpu = torch.device("cpu")
+    targets = bench.build_cases("targets", cpu, ["float32"], tokens=[64, 128])
+    assert {case.tokens for case in targets} == {64, 128}
+    assert len([case for case in targets if case.op == "steer"]) == 2 * 5
+    only_add = bench.build_cases("targets", cpu, ["float32"], ops=["steer"], mode=["add"])
+    assert [(case.program, case.k) for case in only_add] == [("sequence", 4), ("token", 4), ("token", 16)]
+    sweep = bench.build_cases("sweep", cpu, ["bfloat16"], ops=["steer"])
+    assert {case.tokens for case in sweep} == {1, 16, 256, 4096, 65536} and {case.k for case in sweep} == {1, 4, 16, 64}
