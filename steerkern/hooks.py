@@ -1,0 +1,574 @@
+"""Steering and detection inside the decoder layers of a Hugging Face causal LM.
+
+``Steerer(model, dictionary, layers)`` keeps one copy of the dictionary per hooked layer's device
+and dtype. ``steer(...)`` and ``detect(...)`` return hook sets that are active inside a ``with``
+block (or between ``apply()`` and ``remove()``):
+
+- a forward pre-hook on the decoder stack reads each forward pass's own inputs (2-D attention
+  mask, position ids, cache length) and turns them into the rows to steer or read, with tensor
+  ops only, so the decode loop never waits on the host;
+- a forward hook on each chosen layer runs ``steerkern.steer_`` (in place) or ``steerkern.detect``
+  on the layer's output.
+
+Row facts: a row is a *real* token unless the 2-D attention mask marks it as padding; its *index*
+is its rank among its sequence's real tokens (the position ``generate`` gives it); a forward pass
+of one token per sequence on top of earlier tokens is a *generation* step, any other pass is
+*prompt*. Steering hooks on a layer run in the order their hook sets were applied; detection hooks
+run before them, so detection reads the layer's own output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .dictionary import ConceptDictionary
+from .models import find_decoder_layers, hidden_size, module_device_and_dtype, resolve_layer_indices
+
+POSITIONS = ("all", "prompt", "generation")
+STEERING_MODES = ("add", "clamp")
+
+
+def as_dictionary(dictionary) -> ConceptDictionary:
+    """A ConceptDictionary as is, or one wrapping a plain (N, d) tensor of rows."""
+    if isinstance(dictionary, ConceptDictionary):
+        return dictionary
+    if isinstance(dictionary, torch.Tensor):
+        return ConceptDictionary(dictionary)
+    raise TypeError(f"expected a ConceptDictionary or an (N, d) tensor, got {type(dictionary).__name__}")
+
+
+def steering_program(dictionary: ConceptDictionary, concepts, factors=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot tensors ``(ids, coeffs)`` of shape (B, K) on the CPU for ``steerkern.steer_``.
+
+    ``concepts`` is one list per sequence (``[[12], [7, 99], []]``), or one flat list shared by all
+    sequences (then B = 1). Items are dictionary rows or concept texts (see
+    ``ConceptDictionary.lookup``). ``factors`` mirrors ``concepts``, or is one number for every
+    concept (default 1.0). coeff = factor × max_act[row], as AxBench scales its steering factors;
+    empty slots hold id -1.
+    """
+    per_sequence = _split_per_sequence(concepts)
+    if factors is None or isinstance(factors, (int, float)):
+        factor_lists = [[1.0 if factors is None else float(factors)] * len(row) for row in per_sequence]
+    else:
+        factor_lists = _split_per_sequence(factors)
+    if len(factor_lists) != len(per_sequence) or any(map(lambda c, f: len(c) != len(f), per_sequence, factor_lists)):
+        raise ValueError("factors must have the same shape as concepts (one factor per concept)")
+    rows = [[_row_of(dictionary, item) for item in sequence] for sequence in per_sequence]
+    slots = max(1, *map(len, rows)) if rows else 1
+    ids = torch.full((len(rows), slots), -1, dtype=torch.long)
+    coeffs = torch.zeros((len(rows), slots), dtype=torch.float32)
+    max_act = dictionary.max_act.detach().float().cpu()
+    for b, (sequence, sequence_factors) in enumerate(zip(rows, factor_lists)):
+        for k, (row, factor) in enumerate(zip(sequence, sequence_factors)):
+            ids[b, k] = row
+            coeffs[b, k] = float(factor) * max_act[row]
+    return ids, coeffs
+
+
+def _split_per_sequence(values) -> list[list]:
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    values = list(values)
+    if any(isinstance(item, (list, tuple, torch.Tensor)) for item in values):
+        return [item.tolist() if isinstance(item, torch.Tensor) else list(item) for item in values]
+    return [values]
+
+
+def _flat_list(concepts) -> list:
+    per_sequence = _split_per_sequence(concepts)
+    if len(per_sequence) != 1 or not per_sequence[0]:
+        raise ValueError("detect() takes one non-empty list of concepts, read for every sequence")
+    return per_sequence[0]
+
+
+def _row_of(dictionary: ConceptDictionary, item) -> int:
+    if isinstance(item, str):
+        return dictionary.lookup(item)
+    if isinstance(item, bool) or not isinstance(item, int):
+        raise TypeError(f"concepts are dictionary rows (ints) or concept texts, got {item!r}")
+    if not 0 <= item < len(dictionary):
+        raise ValueError(f"concept {item} is outside the dictionary's rows [0, {len(dictionary) - 1}]")
+    return item
+
+
+def fit_batch(per_sequence: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """Match a per-sequence tensor to the running batch: one row is shared, and ``generate``'s
+    expansion (num_return_sequences, beams) repeats each sequence in place."""
+    rows = per_sequence.shape[0]
+    if rows == batch:
+        return per_sequence
+    if batch % rows:
+        raise ValueError(f"{what} describes {rows} sequences but the model runs a batch of {batch}")
+    return per_sequence.repeat_interleave(batch // rows, dim=0)
+
+
+# --- what each forward pass's rows are -----------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """Facts about the rows of one forward pass, each (B, S) on the inputs' device.
+
+    ``real``: not padding (None: all are real). ``index``: rank among the sequence's real tokens.
+    ``generated``: produced by a generation step (None: none is). ``columns``: (S,) position of
+    each row in the sequence (prompt columns as in ``input_ids``, then the generated tokens).
+    """
+
+    real: torch.Tensor | None
+    index: torch.Tensor
+    generated: torch.Tensor | None
+    columns: torch.Tensor | None
+
+
+def _argument(args, kwargs, name, position):
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
+
+
+def _cache_length(kwargs):
+    """Tokens already in the cache: an int, or a device tensor for static caches (never synced)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None or not hasattr(cache, "get_seq_length"):
+        return 0
+    return cache.get_seq_length()
+
+
+def _is_padding_mask(mask, length: int) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[-1] >= length
+
+
+def read_rows(args, kwargs, need_columns: bool = False, outer_mask=None) -> Rows:
+    """Row facts from the decoder stack's forward arguments (HF order: input_ids, attention_mask).
+
+    ``outer_mask``: the attention mask the whole model was called with, used when the stack only
+    gets prepared masks (multimodal wrappers such as Gemma-3's). ``columns`` is left None unless
+    ``need_columns``: reading a static cache's length from Python would make a compiled decode
+    step recompile at every token.
+    """
+    tokens = _argument(args, kwargs, "input_ids", 0)
+    if tokens is None:
+        tokens = kwargs["inputs_embeds"]
+    batch, length = tokens.shape[:2]
+    steps = torch.arange(length, device=tokens.device)
+    attention_mask = _argument(args, kwargs, "attention_mask", 1)
+    if not _is_padding_mask(attention_mask, length):
+        attention_mask = outer_mask
+    if _is_padding_mask(attention_mask, length):
+        # The 2-D mask covers the cached tokens and this pass's tokens, in that order.
+        real = attention_mask[:, -length:].bool()
+        index = attention_mask.long().cumsum(-1)[:, -length:] - 1
+        columns = steps + (attention_mask.shape[-1] - length)
+    else:
+        # No 2-D mask (none given, or a compilable cache's prepared 4-D masks): no padding is
+        # visible; generate's position ids count real tokens, else the model counts from the cache.
+        real = None
+        position_ids = kwargs.get("position_ids")
+        has_positions = position_ids is not None and position_ids.dim() <= 2
+        columns = steps + _cache_length(kwargs) if need_columns or not has_positions else None
+        index = (position_ids if has_positions else columns).expand(batch, length)
+    generated = index > 0 if length == 1 else None
+    return Rows(real=real, index=index, generated=generated, columns=columns)
+
+
+def _both(first, second):
+    """Logical and of two row masks where None means every row."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first & second
+
+
+def _on_device(mask, device):
+    return mask if mask is None or mask.device == device else mask.to(device, non_blocking=True)
+
+
+# --- the steerer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    module: torch.nn.Module
+    dictionary: ConceptDictionary  # the copy on the layer's device and dtype
+    source: ConceptDictionary  # what the user passed, for building programs
+
+
+class Steerer:
+    """Steer and read a causal LM's residual stream with a concept dictionary at chosen layers.
+
+    ``dictionary``: a ConceptDictionary or (N, d) tensor for every layer, or ``{layer: dictionary}``
+    (then ``layers`` may be omitted). ``layers``: decoder layer indices, negative ones counting
+    from the end. ``layers_attr``: dotted path to the model's decoder layer list, for models whose
+    layers are not found automatically.
+    """
+
+    def __init__(self, model: torch.nn.Module, dictionary, layers=None, *, layers_attr: str | None = None):
+        found = find_decoder_layers(model, layers_attr)
+        count = len(found.layers)
+        if isinstance(dictionary, dict):
+            per_layer = {
+                resolve_layer_indices(key, count)[0]: as_dictionary(value) for key, value in dictionary.items()
+            }
+            indices = resolve_layer_indices(list(per_layer) if layers is None else layers, count)
+            missing = [index for index in indices if index not in per_layer]
+            if missing:
+                raise ValueError(f"the dictionary mapping has no entry for layers {missing}")
+        else:
+            if layers is None:
+                raise ValueError("layers is needed unless dictionary is a {layer: dictionary} mapping")
+            indices = resolve_layer_indices(layers, count)
+            per_layer = dict.fromkeys(indices, as_dictionary(dictionary))
+        width = hidden_size(model)
+        copies = {}  # one copy per (dictionary, device, dtype), shared by the layers that match
+        self.model = model
+        self._stack = found.stack
+        self._num_layers = count
+        self._layers = {}
+        for index in indices:
+            source = per_layer[index]
+            if width is not None:
+                source.check_hidden_size(width, where=f"model (layer {index})")
+            module = found.layers[index]
+            device, dtype = module_device_and_dtype(module)
+            key = (id(source), device, dtype)
+            if key not in copies:
+                copies[key] = source.to(device=device, dtype=dtype)
+            self._layers[index] = _Layer(module=module, dictionary=copies[key], source=source)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self._layers)
+
+    def dictionary(self, layer: int) -> ConceptDictionary:
+        """The dictionary given for ``layer`` (as passed, not the device copy)."""
+        return self._layers[resolve_layer_indices(layer, self._num_layers)[0]].source
+
+    def steer(
+        self, concepts, factors=None, *, mode="add", positions="all", prefix_length=0, mask=None
+    ) -> SteeringHooks:
+        """Hooks that steer each sequence with its own concepts (see ``steering_program``).
+
+        ``mode``: "add" (h + α·w) or "clamp" (set the concept's coordinate to α).
+        ``positions``: "all" (every prompt row and generated token, as pyvene's generate does),
+        "prompt" or "generation"; telling them apart needs the KV cache (generate's default),
+        since without it every pass re-reads the whole text as a prompt. ``prefix_length``: the
+        first real tokens of each sequence stay unsteered. ``mask``: bool (B, M) by column (the
+        layout of ``input_ids``, then the generated tokens); columns from M on count as true.
+        """
+        return SteeringHooks(self, concepts, factors, mode, positions, prefix_length, mask)
+
+    def detect(self, concepts="all", *, top_k=10, prefix_length=0, per_token=False) -> DetectionHooks:
+        """Hooks that read concept activations; entering the ``with`` block gives the ``Readout``.
+
+        ``concepts``: "all" (the dense path over all N concepts) or a list of rows / concept texts.
+        Sentence scores are the max over real tokens from ``prefix_length`` on, over every forward
+        pass inside the block (prompt and generated tokens of one ``generate`` call).
+        ``per_token`` keeps every row's scores too.
+        """
+        return DetectionHooks(self, concepts, top_k, prefix_length, per_token)
+
+
+class _Hooks:
+    """A set of hooks registered by ``apply`` (or entering ``with``), removed by ``remove``
+    (or leaving ``with``, also on exceptions)."""
+
+    _run_first = False  # prepend the layer hooks (detection reads the layer's own output)
+    _needs_columns = False
+
+    def __init__(self, steerer: Steerer):
+        self._steerer = steerer
+        self._handles = []
+        self._outer_mask = None
+        self._rows = None
+
+    def apply(self):
+        if self._handles:
+            raise RuntimeError("these hooks are already applied; remove() them first")
+        try:
+            if self._steerer.model is not self._steerer._stack:
+                self._handles.append(
+                    self._steerer.model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True)
+                )
+            self._handles.append(self._steerer._stack.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+            for index, layer in self._steerer._layers.items():
+                hook = _LayerHook(self, index)
+                self._handles.append(
+                    layer.module.register_forward_hook(hook, with_kwargs=True, prepend=self._run_first)
+                )
+        except Exception:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self):
+        return self.apply()
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+    def _on_model_forward(self, module, args, kwargs):
+        self._outer_mask = kwargs.get("attention_mask")
+
+    def _on_forward(self, module, args, kwargs):
+        rows = read_rows(args, kwargs, self._needs_columns, self._outer_mask)
+        self._outer_mask = None  # one model call, one stack call: never reuse it
+        self._rows = self._select_rows(rows)
+
+    def _rows_for(self, hidden: torch.Tensor):
+        """This pass's row mask on ``hidden``'s device: None (all rows), False (none) or (B, S)."""
+        rows = self._rows
+        if isinstance(rows, torch.Tensor):
+            if tuple(rows.shape) != tuple(hidden.shape[:2]):
+                raise RuntimeError(
+                    f"rows {tuple(rows.shape)} of the last decoder forward do not match the layer output "
+                    f"{tuple(hidden.shape)}; steerkern hooks need the layers to run inside the model's forward"
+                )
+            return _on_device(rows, hidden.device)
+        return rows
+
+    def _select_rows(self, rows: Rows):
+        raise NotImplementedError
+
+    def _on_layer(self, index: int, hidden: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class _LayerHook:
+    """Forward hook calling back into its hook set with the layer output tensor (5.x) or tuple (4.x)."""
+
+    def __init__(self, hooks: _Hooks, index: int):
+        self._hooks = hooks
+        self._index = index
+
+    def __call__(self, module, args, kwargs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        self._hooks._on_layer(self._index, hidden)  # in place: the output object stays the same
+
+
+@dataclass
+class _Program:
+    dictionary: ConceptDictionary
+    ids: torch.Tensor
+    coeffs: torch.Tensor
+
+
+class SteeringHooks(_Hooks):
+    """Steers inside the layers while applied. Built by ``Steerer.steer``; reusable."""
+
+    def __init__(self, steerer, concepts, factors, mode, positions, prefix_length, mask):
+        super().__init__(steerer)
+        if mode not in STEERING_MODES:
+            raise ValueError(f"mode must be one of {STEERING_MODES}, got {mode!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+        if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0:
+            raise ValueError(f"prefix_length must be an int >= 0, got {prefix_length!r}")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2):
+            raise ValueError("mask must be a bool tensor (B, M): one flag per sequence and column")
+        self.mode = mode
+        self.positions = positions
+        self.prefix_length = prefix_length
+        stack_device = module_device_and_dtype(steerer._stack)[0]
+        self._mask = None if mask is None else mask.to(stack_device)
+        self._needs_columns = mask is not None
+        programs = {}  # built once per (dictionary, device): ids validated here, never per step
+        self._programs = {}
+        for index, layer in steerer._layers.items():
+            key = (id(layer.source), layer.dictionary.device)
+            if key not in programs:
+                ids, coeffs = steering_program(layer.source, concepts, factors)
+                programs[key] = _Program(layer.dictionary, ids.to(key[1]), coeffs.to(key[1]))
+            self._programs[index] = programs[key]
+
+    def _select_rows(self, rows: Rows):
+        keep = rows.real
+        if self.positions == "generation":
+            if rows.generated is None:
+                return False
+            keep = _both(keep, rows.generated)
+        elif self.positions == "prompt" and rows.generated is not None:
+            keep = _both(keep, ~rows.generated)
+        if self.prefix_length:
+            keep = _both(keep, rows.index >= self.prefix_length)
+        if self._mask is not None:
+            keep = _both(keep, self._mask_rows(rows))
+        return keep
+
+    def _mask_rows(self, rows: Rows) -> torch.Tensor:
+        mask = fit_batch(self._mask, rows.index.shape[0], "mask")
+        mask = _on_device(mask, rows.columns.device)
+        width = mask.shape[1]
+        with_rest = torch.nn.functional.pad(mask, (0, 1), value=True)  # column `width` stands for all later ones
+        return with_rest[:, rows.columns.clamp(max=width)]
+
+    def _on_layer(self, index, hidden):
+        rows = self._rows_for(hidden)
+        if rows is False:
+            return
+        program = self._programs[index]
+        batch = hidden.shape[0]
+        ops.steer_(
+            hidden,
+            program.dictionary.weight,
+            fit_batch(program.ids, batch, "concepts"),
+            fit_batch(program.coeffs, batch, "concepts"),
+            mode=self.mode,
+            mask=rows,
+            bias=program.dictionary.bias,
+            check_ids=False,
+        )
+
+
+# --- detection ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopConcepts:
+    """The best-scoring concepts of each sequence, best first."""
+
+    ids: torch.Tensor  # (B, k) dictionary rows
+    scores: torch.Tensor  # (B, k)
+    names: list[list[str]]
+
+
+class LayerReadout:
+    """Detection results of one layer; columns follow ``concept_ids``."""
+
+    def __init__(self, layer: int, concept_ids: torch.Tensor, names: list[str], top_k: int, per_token: bool):
+        self.layer = layer
+        self.concept_ids = concept_ids
+        self.names = names
+        self._k = top_k
+        self._keep_per_token = per_token
+        self._scores = None
+        self._per_token = []
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """(B, C): per sequence and concept, the max over its real tokens from prefix_length on."""
+        if self._scores is None:
+            raise RuntimeError("no forward pass has run through the detection hooks yet")
+        return self._scores
+
+    @property
+    def per_token(self) -> torch.Tensor:
+        """(B, S, C): every row's scores (0 for pads and prefix rows), all forward passes in order."""
+        if not self._keep_per_token:
+            raise RuntimeError("per-token scores were not kept; pass per_token=True to detect()")
+        if not self._per_token:
+            raise RuntimeError("no forward pass has run through the detection hooks yet")
+        return torch.cat(self._per_token, dim=1)
+
+    @property
+    def top_k(self) -> TopConcepts:
+        scores, columns = self.scores.topk(min(self._k, self.scores.shape[1]), dim=-1)
+        ids = self.concept_ids.to(columns.device)[columns]
+        names = [[self.names[column] for column in sequence] for sequence in columns.tolist()]
+        return TopConcepts(ids=ids, scores=scores, names=names)
+
+    def _add(self, scores: torch.Tensor, per_token: torch.Tensor | None) -> None:
+        if self._scores is not None and self._scores.shape != scores.shape:
+            raise RuntimeError(
+                f"a batch of {scores.shape[0]} after one of {self._scores.shape[0]}: use one detect() block per batch"
+            )
+        self._scores = scores if self._scores is None else torch.maximum(self._scores, scores)
+        if per_token is not None:
+            self._per_token.append(per_token)
+
+
+class Readout:
+    """Detection results by layer: ``readout[layer]``, or ``scores`` / ``per_token`` / ``top_k``
+    directly when one layer is hooked."""
+
+    def __init__(self, layers: dict[int, LayerReadout], num_layers: int):
+        self._layers = layers
+        self._num_layers = num_layers
+
+    def __getitem__(self, layer: int) -> LayerReadout:
+        return self._layers[resolve_layer_indices(layer, self._num_layers)[0]]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self._layers)
+
+    def _only(self) -> LayerReadout:
+        if len(self._layers) != 1:
+            raise RuntimeError(f"several layers were read ({self.layers}); use readout[layer]")
+        return next(iter(self._layers.values()))
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self._only().scores
+
+    @property
+    def per_token(self) -> torch.Tensor:
+        return self._only().per_token
+
+    @property
+    def top_k(self) -> TopConcepts:
+        return self._only().top_k
+
+
+class DetectionHooks(_Hooks):
+    """Reads concept activations at the layers while applied. Built by ``Steerer.detect``."""
+
+    _run_first = True
+
+    def __init__(self, steerer, concepts, top_k, prefix_length, per_token):
+        super().__init__(steerer)
+        if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or prefix_length < 0:
+            raise ValueError(f"prefix_length must be an int >= 0, got {prefix_length!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        self.prefix_length = prefix_length
+        self._per_token = per_token
+        self._top_k = top_k
+        self._detectors = {}
+        self._columns = {}  # layer -> (dictionary rows, their names), the readout's columns
+        for index, layer in steerer._layers.items():
+            if isinstance(concepts, str) and concepts == "all":
+                rows = list(range(len(layer.source)))
+                self._detectors[index] = layer.dictionary
+            else:
+                rows = [_row_of(layer.source, item) for item in _flat_list(concepts)]
+                self._detectors[index] = layer.dictionary.subset(rows)
+            names = layer.source.names
+            self._columns[index] = (torch.tensor(rows), [names[row] for row in rows])
+        self.readout = None
+
+    def apply(self):
+        """Register the hooks, with a fresh ``readout`` for what they read from now on."""
+        super().apply()
+        readouts = {
+            index: LayerReadout(index, rows, names, self._top_k, self._per_token)
+            for index, (rows, names) in self._columns.items()
+        }
+        self.readout = Readout(readouts, self._steerer._num_layers)
+        return self
+
+    def __enter__(self) -> Readout:
+        self.apply()
+        return self.readout
+
+    def _select_rows(self, rows: Rows):
+        return _both(rows.real, rows.index >= self.prefix_length if self.prefix_length else None)
+
+    def _on_layer(self, index, hidden):
+        rows = self._rows_for(hidden)
+        detector = self._detectors[index]
+        kwargs = detector.detection_kwargs()
+        if self._per_token:
+            per_token = ops.detect(hidden, detector.weight, mask=rows, reduce="none", **kwargs)
+            scores = per_token.amax(dim=1)
+        else:
+            per_token = None
+            scores = ops.detect(hidden, detector.weight, mask=rows, reduce="max", **kwargs)
+        self.readout[index]._add(scores, per_token)
