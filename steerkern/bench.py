@@ -67,8 +67,9 @@ class Case:
         batch, seq_len, d = self.shape
         if self.op == "dense":
             return f"dense {self.dtype} T={batch * seq_len} d={d} N={self.concepts}"
+        layout = f" ({batch}x{seq_len})" if self.program == "sequence" else ""
         graph = " graph" if self.graph else ""
-        return f"{self.mode} {self.program} K={self.k} {self.dtype} T={batch * seq_len} d={d}{graph}"
+        return f"{self.mode} {self.program} K={self.k} {self.dtype} T={batch * seq_len}{layout} d={d}{graph}"
 
 
 def _cpu_cases(dtypes) -> list[Case]:
@@ -188,16 +189,16 @@ def _input_copies(set_bytes: int, device: torch.device) -> int:
 
 def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> Workload:
     """Random inputs for ``case`` on ``device`` and the requested providers (all by default)."""
-    generator = torch.Generator().manual_seed(seed)
+    random = {"generator": torch.Generator(device=device).manual_seed(seed), "device": device}
     dtype = DTYPES[case.dtype]
     batch, seq_len, d = case.shape
-    dictionary = torch.randn(case.concepts, d, generator=generator)
-    dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device, dtype)
+    dictionary = torch.randn(case.concepts, d, **random)
+    dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(dtype)
     hidden_bytes = batch * seq_len * d * dtype.itemsize
     make = _prepare_dense if case.op == "dense" else _prepare_steer
-    build_set, provider_table, bytes_moved, flops = make(case, dictionary, generator)
+    build_set, provider_table, bytes_moved, flops = make(case, dictionary, random)
     set_bytes = hidden_bytes * (1 if case.op == "dense" else 2)  # steer sets carry a roof buffer
-    inputs = [{name: t.to(device) for name, t in build_set().items()} for _ in range(_input_copies(set_bytes, device))]
+    inputs = [build_set() for _ in range(_input_copies(set_bytes, device))]
     wanted = providers or list(provider_table)
     chosen = {name: provider_table[name] for name in wanted if name in provider_table}
     if "compile" in chosen:
@@ -205,18 +206,19 @@ def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> 
     return Workload(case, inputs, chosen, bytes_moved, flops)
 
 
-def _prepare_steer(case: Case, dictionary, generator):
+def _prepare_steer(case: Case, dictionary, random):
     batch, seq_len, d = case.shape
     dtype = DTYPES[case.dtype]
-    pool = torch.randperm(case.concepts, generator=generator)[: case.pool]
+    pool = torch.randperm(case.concepts, **random)[: case.pool]
     program_shape = (batch, case.k) if case.program == "sequence" else (batch, seq_len, case.k)
 
     def build_set():
         return {
-            "hidden": torch.randn(batch, seq_len, d, generator=generator).to(dtype),
-            "ids": pool[torch.randint(len(pool), program_shape, generator=generator)],
-            "coeffs": torch.rand(program_shape, generator=generator) * 4 + 0.5,
-            "roof": torch.empty(batch * seq_len * d * dtype.itemsize // 4),
+            "hidden": torch.randn(batch, seq_len, d, **random).to(dtype),
+            "ids": pool[torch.randint(len(pool), program_shape, **random)],
+            "coeffs": torch.rand(program_shape, **random) * 4 + 0.5,
+            # normal floats: garbage memory could hold denormals, which the CPU multiplies slowly
+            "roof": torch.rand(batch * seq_len * d * dtype.itemsize // 4, **random),
         }
 
     mode = case.mode
@@ -238,12 +240,12 @@ def _prepare_steer(case: Case, dictionary, generator):
     return build_set, providers, traffic, 2 * rows * case.k * d * (1 if mode == "add" else 2)
 
 
-def _prepare_dense(case: Case, dictionary, generator):
+def _prepare_dense(case: Case, dictionary, random):
     batch, seq_len, d = case.shape
     dtype = DTYPES[case.dtype]
 
     def build_set():
-        return {"hidden": torch.randn(batch, seq_len, d, generator=generator).to(dtype)}
+        return {"hidden": torch.randn(batch, seq_len, d, **random).to(dtype)}
 
     providers = {
         "steerkern": lambda x: detect(x["hidden"], dictionary, reduce="max"),
