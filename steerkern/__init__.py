@@ -2,8 +2,21 @@
 
 from ._backend import build_info
 from .dictionary import ConceptDictionary
+from .hooks import DetectionHooks, Readout, Steerer, SteeringHooks
+from .models import find_decoder_layers
 from .ops import detect, steer_
 
 __version__ = "0.1.0"
 
-__all__ = ["ConceptDictionary", "__version__", "build_info", "detect", "steer_"]
+__all__ = [
+    "ConceptDictionary",
+    "DetectionHooks",
+    "Readout",
+    "Steerer",
+    "SteeringHooks",
+    "__version__",
+    "build_info",
+    "detect",
+    "find_decoder_layers",
+    "steer_",
+]
