@@ -73,14 +73,14 @@ class Case:
 
 
 def _cpu_cases(dtypes) -> list[Case]:
-    """Issue 6's CPU targets: T = 8192, d = 2304, 32 pooled concepts of a 16384-row dictionary."""
+    """The CPU performance targets: T = 8192, d = 2304, 32 pooled concepts of a 16384-row dictionary."""
     steer = [("add", "sequence", 4), ("add", "token", 4), ("add", "token", 16), ("clamp", "token", 4), ("detect", "token", 4)]
     cases = [Case("steer", 8192, 2304, dtype, k=k, mode=mode, program=program) for dtype in dtypes for mode, program, k in steer]
     return cases + [Case("dense", 512, 2304, dtype) for dtype in dtypes]
 
 
 def _cuda_cases(dtypes) -> list[Case]:
-    """Issue 6's GPU targets: bandwidth at T = 65536, speed-ups at T = 4096, the graphed decode shape."""
+    """The GPU performance targets: bandwidth at T = 65536, speed-ups at T = 4096, the graphed decode shape."""
     cases = []
     for dtype, d in itertools.product(dtypes, (2304, 3584)):
         cases += [Case("steer", 65536, d, dtype, k=k, mode=mode) for mode in MODES for k in (4, 16)]
@@ -92,7 +92,8 @@ def _cuda_cases(dtypes) -> list[Case]:
 
 
 def _sweep_cases(dtypes) -> list[Case]:
-    """Issue 5's axes, one at a time around T = 4096, d = 2304, K = 4, add, per-token programs."""
+    """Every axis in turn (tokens 1 … 65536, d, K, mode, program) around T = 4096, d = 2304, K = 4,
+    add, per-token programs: the sweep without the cost of the full product."""
     axes = {
         "tokens": (1, 16, 256, 4096, 65536),
         "d": (2304, 3584, 4096),

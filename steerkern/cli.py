@@ -226,7 +226,7 @@ def _output(path):
 
 
 def cmd_info(args) -> int:
-    from .bench import environment
+    from .bench import environment, format_pairs
 
     device = resolve_device(args.device)
     dtype = _single_dtype(args, device)
@@ -237,7 +237,8 @@ def cmd_info(args) -> int:
         return 0
     build, versions, machine = env["build"], env["versions"], env["machine"]
     kernels = "CPU + CUDA" if build["compiled_with_cuda"] else "CPU"
-    backend = f"{build['backend']} ({kernels} kernels)" if build["backend"] == "compiled" else "reference (PyTorch fallback: _C not built)"
+    isa = f", CPU code for {build['cpu_isa']}" if build.get("cpu_isa") else ""
+    backend = f"{build['backend']} ({kernels} kernels{isa})" if build["backend"] == "compiled" else "reference (PyTorch fallback: _C not built)"
     gpus = "; ".join(f"{g['index']}: {g['name']} (sm {g['capability']}, {g['memory_gib']} GiB)" for g in env["gpus"]) or "none visible"
     lines = [
         ("steerkern", env["steerkern"]),
@@ -250,8 +251,7 @@ def cmd_info(args) -> int:
         ("GPUs", gpus),
         ("selected", f"{env['selected']['device']}, {env['selected']['dtype']}"),
     ]
-    width = max(len(key) for key, _ in lines)
-    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in lines))
+    print(format_pairs(lines))
     return 0
 
 
