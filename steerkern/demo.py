@@ -78,7 +78,7 @@ CONCEPT_EXAMPLES = {
 
 # Prompts the demo reads and steers: none of them is one of the examples above.
 DEMO_PROMPTS = [
-    "Order 66 shipped on 12/04 at 17:30.",
+    "call 555-0123 at 9:45 on 12/04",
     "if (x[i] == y) { z += 1; }",
     "WHAT A GAME THAT WAS",
     "the garden was still and quiet",
