@@ -17,9 +17,9 @@ $(VENV)/.deps: Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(DEPS)
-	# pyvene's own pins would replace torch and transformers; its tests only need it importable.
-	$(PY) -m pip install -q --no-deps pyvene
+	# pyvene's own pins would replace torch and transformers; its tests need it and matplotlib only.
 	$(PY) -m pip install -q matplotlib
+	$(PY) -m pip install -q --no-deps pyvene
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES) pyproject.toml
