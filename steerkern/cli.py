@@ -490,7 +490,7 @@ def bench_e2e(args, device) -> dict:
         dictionary = ConceptDictionary(rows / rows.norm(dim=1, keepdim=True))
     layer = 1 if args.layer is None else args.layer
     print(f"end to end: {type(model).__name__} d={width}, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
-          f"greedy, steering at layer {layer}, {device} {dtype}", file=sys.stderr)
+          f"greedy, steering at layer {layer}, {device} {str(dtype).removeprefix('torch.')}", file=sys.stderr)
     result = bench.run_e2e(model, dictionary, layer, batch=args.batch_size, new_tokens=args.max_new_tokens,
                            prompt_length=args.prompt_length, repeats=args.repeats)
     print(bench.e2e_table(result))
