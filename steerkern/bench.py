@@ -567,6 +567,25 @@ def environment() -> dict:
     }
 
 
+def cpu_busy_fraction(window_s: float = 0.5):
+    """Share of the CPUs' time spent busy over a short window just now (None off Linux): other
+    work competing for the cores makes the figures noisy."""
+
+    def sample():
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    try:
+        total, idle = sample()
+        time.sleep(window_s)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_after - total
+    return round(1 - (idle_after - idle) / elapsed, 3) if elapsed else None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:

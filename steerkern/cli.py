@@ -422,8 +422,10 @@ def cmd_bench(args) -> int:
     if args.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs --device cuda")
     env = bench.environment()
+    env["machine"]["busy_before_run"] = busy = bench.cpu_busy_fraction()
+    if busy is not None and busy > 0.25:
+        print(f"note: the CPUs were {busy:.0%} busy before the run: other work competes, figures will be noisy", file=sys.stderr)
     report = {"command": shlex.join(["steerkern", *args.argv]), **env}
-    _warn_if_busy(env)
     if args.e2e:
         report["e2e"] = bench_e2e(args, device)
     else:
@@ -435,12 +437,6 @@ def cmd_bench(args) -> int:
             raise UsageError(f"--json {args.json}: {error.strerror}") from None
         print(f"\nwrote every figure to {args.json}")
     return 0
-
-
-def _warn_if_busy(env):
-    load, cores = env["machine"]["load_average"][0], env["machine"]["cpu_count"] or 1
-    if load > 0.5 * cores:
-        print(f"note: load average {load:.1f} on {cores} cores: other work competes, figures will be noisy", file=sys.stderr)
 
 
 def bench_kernels(args, device) -> list[dict]:
