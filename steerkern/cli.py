@@ -421,6 +421,8 @@ def cmd_bench(args) -> int:
     device = resolve_device(args.device)
     if args.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs --device cuda")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise UsageError(f"--json {args.json}: its folder does not exist")  # known before a long run, not after
     env = bench.environment()
     env["machine"]["busy_before_run"] = busy = bench.cpu_busy_fraction()
     if busy is not None and busy > 0.25:

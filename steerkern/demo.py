@@ -28,7 +28,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 from transformers.initialization import no_init_weights
 
+from . import bench
+from ._backend import build_info
 from .dictionary import ConceptDictionary
+from .hooks import Steerer
 from .models import find_decoder_layers
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")  # Gemma's ids 0..3
@@ -207,11 +210,8 @@ def demo_dictionary(model, tokenizer, layer: int = DEMO_LAYER) -> tuple[ConceptD
     return reloaded, size
 
 
-def run_demo(*, device, dtype, quick=False, new_tokens=None, write=print) -> None:
+def run_demo(*, device, dtype, quick=False) -> None:
     """Build, read, steer, time: the walk-through ``steerkern demo`` prints."""
-    from . import bench, build_info
-    from .hooks import Steerer
-
     started = time.perf_counter()
     tokenizer = build_tokenizer()
     model = build_model(quick=quick, device=device, dtype=dtype)
@@ -219,9 +219,9 @@ def run_demo(*, device, dtype, quick=False, new_tokens=None, write=print) -> Non
     config = model.config
     params = sum(parameter.numel() for parameter in model.parameters())
     backend = build_info()["backend"]
-    write("steerkern demo: an embedded Gemma-2 with random weights, so its texts are noise; it shows the machinery:\n"
+    print("steerkern demo: an embedded Gemma-2 with random weights, so its texts are noise; it shows the machinery:\n"
           "a dictionary made, saved and reloaded, concepts read, each prompt of a batch steered with its own concepts.\n")
-    write(bench.format_pairs([
+    print(bench.format_pairs([
         ("model", f"Gemma-2 from Gemma2Config: d={config.hidden_size}, {config.num_hidden_layers} layers, "
                   f"{config.vocab_size}-token character vocabulary, {params / 1e6:.0f}M random weights ({device}, {str(dtype).removeprefix('torch.')})"),
         ("dictionary", f"{len(dictionary)} DiffMean concepts for layer {DEMO_LAYER}, saved in steerkern's .safetensors format "
@@ -236,10 +236,10 @@ def run_demo(*, device, dtype, quick=False, new_tokens=None, write=print) -> Non
     top = readout.top_k
     rows = [[repr(prompt), *(f"{name} {score:.1f}" for name, score in zip(names, scores))]
             for prompt, names, scores in zip(DEMO_PROMPTS, top.names, top.scores.float().tolist())]
-    write(f"\nDetection at layer {DEMO_LAYER}: the top concepts of each prompt (score: max over its tokens)")
-    write(bench.format_table(["prompt", "1st", "2nd", "3rd"], rows, align="left"))
+    print(f"\nDetection at layer {DEMO_LAYER}: the top concepts of each prompt (score: max over its tokens)")
+    print(bench.format_table(["prompt", "1st", "2nd", "3rd"], rows, align="left"))
 
-    new_tokens = new_tokens or (8 if quick else 24)
+    new_tokens = 8 if quick else 24
     prompts = DEMO_PROMPTS * 2  # each prompt twice in one batch: once unsteered, once with its program
     programs = [[]] * len(DEMO_PROMPTS) + DEMO_PROGRAMS
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
@@ -247,19 +247,19 @@ def run_demo(*, device, dtype, quick=False, new_tokens=None, write=print) -> Non
     with torch.no_grad(), hooks:
         output = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False)
     texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    write(f"\nSteering at layer {DEMO_LAYER}: one batch of {len(prompts)} rows, each prompt unsteered and with its own "
+    print(f"\nSteering at layer {DEMO_LAYER}: one batch of {len(prompts)} rows, each prompt unsteered and with its own "
           f"program (add, all positions, greedy, {new_tokens} tokens)")
     rows = []
     for index, (prompt, program) in enumerate(zip(DEMO_PROMPTS, DEMO_PROGRAMS)):
         label = ", ".join(f"{concept} ×{factor:g}" for concept, factor in program)
         rows += [[repr(prompt), "unsteered", repr(texts[index])], ["", label, repr(texts[len(DEMO_PROMPTS) + index])]]
-    write(bench.format_table(["prompt", "program", "continuation"], rows, align="left"))
+    print(bench.format_table(["prompt", "program", "continuation"], rows, align="left"))
 
     tokens, width = (256, 256) if quick else (4096, config.hidden_size)
     name = str(dtype).removeprefix("torch.")
     cases = [bench.Case("steer", tokens, width, name, k=4, mode=mode) for mode in ("add", "clamp", "detect")]
     results = bench.run_cases(cases, torch.device(device), providers=["steerkern", "reference", "naive", "roof"], rounds=7, budget_s=0.3)
-    write(f"\nSpeed of steer_ at d={width}: T={tokens} rows, K=4 per-token programs from 32 of 16384 concepts "
+    print(f"\nSpeed of steer_ at d={width}: T={tokens} rows, K=4 per-token programs from 32 of 16384 concepts "
           "(roof: buf.mul_(1.0) over a float32 buffer of the same bytes)")
-    write(bench.steer_table(results))
-    write(f"\ndone in {time.perf_counter() - started:.0f} s")
+    print(bench.steer_table(results))
+    print(f"\ndone in {time.perf_counter() - started:.0f} s")

@@ -87,6 +87,7 @@ def _bad_usages(model, dictionary, tmp_path):
         (["bench", "--tokens", "0"], "positive"),
         (["bench", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs"),
         (["bench", "--device", "tpu"], "device"),
+        (["bench", "--json", str(tmp_path / "no-folder" / "bench.json")], "folder does not exist"),
         (["steer", "--model", "demo", "--dictionary", str(tmp_path / "missing.safetensors"), "hi"], "missing.safetensors"),
         (["steer", *base, "--concept", "no such concept", "--factor", "1", "hi"], "unknown concept"),
         (["steer", *base, "--concept", "99", "--factor", "1", "hi"], "unknown concept"),
