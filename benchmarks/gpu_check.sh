@@ -62,11 +62,12 @@ log "GPU arch $ARCH, torch $("$PYTHON" -c 'import torch; print(torch.__version__
 
 step build 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -v -e .
 step build-info 60 "$PYTHON" -c '
-import json, steerkern
+import json, sys, steerkern
 info = steerkern.build_info()
-print(json.dumps(info, indent=2))
-assert info["backend"] == "compiled" and info["compiled_with_cuda"], "the CUDA kernels were not built"'
-cp "$OUT/build-info.log" "$OUT/build_info.json" 2>/dev/null || true
+with open(sys.argv[1], "w") as file:
+    json.dump(info, file, indent=2)
+print(json.dumps(info))
+assert info["backend"] == "compiled" and info["compiled_with_cuda"], "the CUDA kernels were not built"' "$OUT/build_info.json"
 if [[ " ${FAILED[*]} " == *" build"* ]]; then
   log "the build failed: nothing else can run"
   exit 1
