@@ -18,6 +18,26 @@ __device__ __forceinline__ Pack<T, count> load_pack(const T* ptr) {
   return *reinterpret_cast<const Pack<T, count>*>(ptr);
 }
 
+// The same load through the read-only data cache, for data no thread writes (dictionary rows).
+template <typename T, int count>
+__device__ __forceinline__ Pack<T, count> load_pack_cached(const T* ptr) {
+  using Bits = Pack<T, count>;
+  Bits out;
+  if constexpr (sizeof(Bits) % 16 == 0) {
+    const auto* words = reinterpret_cast<const int4*>(ptr);
+    auto* dst = reinterpret_cast<int4*>(&out);
+#pragma unroll
+    for (int i = 0; i < static_cast<int>(sizeof(Bits) / 16); ++i) dst[i] = __ldg(words + i);
+  } else if constexpr (sizeof(Bits) == 4) {
+    *reinterpret_cast<unsigned int*>(&out) = __ldg(reinterpret_cast<const unsigned int*>(ptr));
+  } else if constexpr (sizeof(Bits) == 2) {
+    *reinterpret_cast<unsigned short*>(&out) = __ldg(reinterpret_cast<const unsigned short*>(ptr));
+  } else {
+    out = load_pack<T, count>(ptr);
+  }
+  return out;
+}
+
 template <typename T, int count>
 __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, count>& pack) {
   *reinterpret_cast<Pack<T, count>*>(ptr) = pack;

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
       if (c >= 0) {
         const dict_t* w = dictionary + c * d;
         for (int64_t i = threadIdx.x; i < packs; i += kThreads) {
-          const auto pack = cuda::load_pack<dict_t, VEC>(w + i * VEC);
+          const auto pack = cuda::load_pack_cached<dict_t, VEC>(w + i * VEC);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) dot += x[i * VEC + j] * static_cast<float>(pack.v[j]);
         }
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
         float delta[VEC] = {};
         for (int64_t k = 0; k < slots; ++k) {
           if (slot_concept[k] < 0) continue;
-          const auto pack = cuda::load_pack<dict_t, VEC>(dictionary + slot_concept[k] * d + i * VEC);
+          const auto pack = cuda::load_pack_cached<dict_t, VEC>(dictionary + slot_concept[k] * d + i * VEC);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) delta[j] += coef[k] * static_cast<float>(pack.v[j]);
         }
