@@ -173,3 +173,14 @@ def test_detect_matches_reference_cpu(case):
 @pytest.mark.parametrize("case", DETECT_GRID, ids=_case_id)
 def test_detect_matches_reference_cuda(case):
     _check_detect(case, "cuda")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("mode", ["add", "clamp", "detect"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_sequence_programs_with_partial_masks(device, mode, dtype):
+    # Rows of one sequence are processed in blocks: a mask that cuts through a block, a sequence
+    # length that leaves a remainder, and groups of slots beyond the first must all come out right.
+    case = dict(GRID[0], mode=mode, dtype=dtype, program="per_sequence", masked=True, empty_slots=True,
+                d=771, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
+    _check_steer(case, device, seed=4)
