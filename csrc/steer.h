@@ -36,7 +36,7 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
 // Shape of the activations steer_ returns: hidden's rows, then the program's slots.
 std::vector<int64_t> acts_shape(const at::Tensor& hidden, const at::Tensor& concept_ids);
 
-// Instruction set the CPU kernel runs with: "avx512", "avx2", "avx" or "base".
+// Instruction set the CPU kernel runs with: "avx512bf16", "avx512", "avx2", "avx" or "base".
 const char* cpu_isa();
 
 }  // namespace steerkern

@@ -1,13 +1,18 @@
 // CPU kernel of steerkern::steer_: one pass over each row of hidden (read once, written once),
 // rows split across threads. A half-precision row is widened to float32 once; detection dots and
-// the update run on that copy while it sits in L1. The body (steer_cpu_rows.inc) is compiled for AVX-512,
-// AVX2, AVX (with FMA and F16C) and baseline x86-64; the widest the CPU runs is picked at load.
+// the update run on that copy while it sits in L1. The body (steer_cpu_rows.inc) is compiled for
+// AVX-512 with and without BF16 dot products, AVX2, AVX (with FMA and F16C) and baseline x86-64;
+// the widest the CPU runs is picked at load.
 #include "steer.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +22,15 @@
 namespace steerkern {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define STEERKERN_NATIVE_BF16_DOTS
+namespace isa_avx512bf16 {
+#include "steer_cpu_rows.inc"
+}
+#undef STEERKERN_NATIVE_BF16_DOTS
+#pragma GCC pop_options
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 namespace isa_avx512 {
@@ -53,8 +67,8 @@ struct CpuKernel {
   RowsKernel rows;
 };
 
-// The widest instruction set this CPU runs; STEERKERN_CPU_ISA=base|avx|avx2 caps it (for tests
-// and comparisons).
+// The widest instruction set this CPU runs; STEERKERN_CPU_ISA=base|avx|avx2|avx512 caps it (for
+// tests and comparisons).
 CpuKernel pick_cpu_kernel() {
   const char* cap = std::getenv("STEERKERN_CPU_ISA");
   const std::string_view limit = cap ? cap : "";
@@ -65,6 +79,8 @@ CpuKernel pick_cpu_kernel() {
   const bool avx2 = avx && __builtin_cpu_supports("avx2") && limit != "avx";
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && limit != "avx2";
+  const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16") && limit != "avx512";
+  if (avx512bf16) return {"avx512bf16", &isa_avx512bf16::steer_rows_any};
   if (avx512) return {"avx512", &isa_avx512::steer_rows_any};
   if (avx2) return {"avx2", &isa_avx2::steer_rows_any};
   if (avx) return {"avx", &isa_avx::steer_rows_any};
