@@ -17,9 +17,10 @@ $(VENV)/.deps: Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(DEPS)
-	# pyvene's own pins would replace torch and transformers; its tests need it and matplotlib only.
-	$(PY) -m pip install -q matplotlib
-	$(PY) -m pip install -q --no-deps pyvene
+	# The integrations' tests need pyvene and TransformerLens importable; their own pins would
+	# replace torch and transformers, so they come without them, with what their imports need.
+	$(PY) -m pip install -q matplotlib einops jaxtyping datasets
+	$(PY) -m pip install -q --no-deps pyvene==0.1.8 transformer_lens==4.3.0
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES) pyproject.toml
