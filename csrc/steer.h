@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string_view>
 
 namespace steerkern {
@@ -32,9 +33,6 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
                                 const at::Tensor& concept_ids, const at::Tensor& coeffs,
                                 std::string_view mode, const std::optional<at::Tensor>& mask,
                                 const std::optional<at::Tensor>& bias);
-
-// Shape of the activations steer_ returns: hidden's rows, then the program's slots.
-std::vector<int64_t> acts_shape(const at::Tensor& hidden, const at::Tensor& concept_ids);
 
 // Instruction set the CPU kernel runs with: "avx512bf16", "avx512", "avx2", "avx" or "base".
 const char* cpu_isa();

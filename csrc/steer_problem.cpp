@@ -12,13 +12,14 @@ Mode parse_mode(std::string_view mode) {
   TORCH_CHECK_VALUE(false, "steerkern: mode must be add, clamp or detect, got '", mode, "'");
 }
 
+namespace {
+
+// Shape of the activations steer_ returns: hidden's rows, then the program's slots.
 std::vector<int64_t> acts_shape(const at::Tensor& hidden, const at::Tensor& concept_ids) {
   std::vector<int64_t> shape(hidden.sizes().begin(), hidden.sizes().end() - 1);
   shape.push_back(concept_ids.size(-1));
   return shape;
 }
-
-namespace {
 
 void check_same_device(const at::Tensor& tensor, const at::Tensor& hidden, const char* name) {
   TORCH_CHECK_VALUE(tensor.device() == hidden.device(), "steerkern: ", name, " is on ", tensor.device(),
