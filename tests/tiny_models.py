@@ -25,44 +25,39 @@ def _finish(model, seed, dtype):
     return model.to(dtype).eval()
 
 
-def tiny_gemma2(hidden_size=64, num_layers=3, vocab=101, *, seed=0, dtype=torch.float32, sliding_window=16):
-    """A Gemma-2 causal LM with eager attention (the attention AxBench runs Gemma-2 with)."""
-    config = Gemma2Config(
+def _shared_config(hidden_size, num_layers, vocab) -> dict:
+    """What the tiny models have in common: two heads sharing one key/value head, untied output
+    embedding (so greedy decoding gives varied tokens), eager attention."""
+    return dict(
         vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
         max_position_embeddings=256,
-        sliding_window=sliding_window,
         pad_token_id=PAD,
         bos_token_id=BOS,
         eos_token_id=None,
         tie_word_embeddings=False,
         attn_implementation="eager",
+    )
+
+
+def tiny_gemma2(hidden_size=64, num_layers=3, vocab=101, *, seed=0, dtype=torch.float32, sliding_window=16):
+    """A Gemma-2 causal LM with eager attention (the attention AxBench runs Gemma-2 with)."""
+    config = Gemma2Config(
+        **_shared_config(hidden_size, num_layers, vocab),
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=sliding_window,
     )
     torch.manual_seed(seed)
     return _finish(Gemma2ForCausalLM(config), seed, dtype)
 
 
 def tiny_llama(hidden_size=48, num_layers=2, vocab=89, *, seed=0, dtype=torch.float32):
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=None,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
+    config = LlamaConfig(**_shared_config(hidden_size, num_layers, vocab))
     torch.manual_seed(seed)
     return _finish(LlamaForCausalLM(config), seed, dtype)
 
