@@ -178,9 +178,11 @@ def test_detect_matches_reference_cuda(case):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("mode", ["add", "clamp", "detect"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_per_sequence_programs_with_partial_masks(device, mode, dtype):
-    # Rows of one sequence are processed in blocks: a mask that cuts through a block, a sequence
-    # length that leaves a remainder, and groups of slots beyond the first must all come out right.
-    case = dict(GRID[0], mode=mode, dtype=dtype, program="per_sequence", masked=True, empty_slots=True,
-                d=771, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
+@pytest.mark.parametrize("program", ["per_sequence", "per_row"])
+def test_blocks_and_chunks_with_partial_masks(device, mode, dtype, program):
+    # Rows are processed in blocks and d in chunks: a mask that cuts through a block, a sequence
+    # length that leaves a remainder, a d that leaves a short last chunk, and groups of slots
+    # beyond the first must all come out right.
+    case = dict(GRID[0], mode=mode, dtype=dtype, program=program, masked=True, empty_slots=True,
+                d=2 * 1024 + 37, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
     _check_steer(case, device, seed=4)
