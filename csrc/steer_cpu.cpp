@@ -1,8 +1,9 @@
 // CPU kernel of steerkern::steer_: one pass over each row of hidden (read once, written once),
-// rows split across threads. A half-precision row is widened to float32 once; detection dots and
-// the update run on that copy while it sits in L1. The body (steer_cpu_rows.inc) is compiled for
-// AVX-512 with and without BF16 dot products, AVX2, AVX (with FMA and F16C) and baseline x86-64;
-// the widest the CPU runs is picked at load.
+// rows split across threads and taken in blocks (steer_cpu_rows.inc says why). float32 rows are
+// read and updated where they lie; bfloat16 rows with a bfloat16 dictionary too, with AVX512-BF16
+// instructions where the CPU has them; other half-precision rows are widened to float32 a chunk at
+// a time. The body (steer_cpu_rows.inc) is compiled for AVX-512 with and without BF16, AVX2, AVX
+// (with FMA and F16C) and baseline x86-64; the widest the CPU runs is picked at load.
 #include "steer.h"
 
 #include <ATen/Parallel.h>
@@ -25,11 +26,11 @@ namespace steerkern {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#define STEERKERN_NATIVE_BF16_DOTS
+#define STEERKERN_NATIVE_BF16
 namespace isa_avx512bf16 {
 #include "steer_cpu_rows.inc"
 }
-#undef STEERKERN_NATIVE_BF16_DOTS
+#undef STEERKERN_NATIVE_BF16
 #pragma GCC pop_options
 
 #pragma GCC push_options
