@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import glob
 import itertools
 import math
 import os
@@ -270,6 +271,28 @@ class _CpuClock:
         return time.perf_counter() - self.began
 
 
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache as Linux reports it (32 MiB when it cannot tell)."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        with open(path) as file:
+            text = file.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=32 << 20)
+
+
+class _CpuCacheEviction:
+    """Writes a buffer twice the size of the last-level cache, so that every provider's timed call
+    starts from caches that hold none of its inputs (what rotating inputs does on CUDA)."""
+
+    def __init__(self):
+        self.buffer = torch.ones(2 * _last_level_cache_bytes() // 4)
+
+    def __call__(self):
+        self.buffer.add_(1.0)
+
+
 class _CudaClock:
     def __init__(self):
         self.began = torch.cuda.Event(enable_timing=True)
@@ -335,6 +358,7 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     neighbour slows them alike and the ratios stay fair. A provider that fails gets ``error``."""
     device = workload.inputs[0]["hidden"].device
     clock = _CudaClock() if device.type == "cuda" else _CpuClock()
+    evict = (lambda: None) if device.type == "cuda" else _CpuCacheEviction()
     runner_type = _GraphRunner if workload.case.graph else _EagerRunner
     timings, plans = {}, {}
     with torch.no_grad():
@@ -357,6 +381,7 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
             for name, (runner, units, planned) in plans.items():
                 if round_index >= planned:
                     continue
+                evict()
                 clock.start()
                 for _ in range(units):
                     runner.unit()
