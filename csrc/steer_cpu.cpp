@@ -26,6 +26,7 @@ namespace steerkern {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define STEERKERN_AVX512
 #define STEERKERN_NATIVE_BF16
 namespace isa_avx512bf16 {
 #include "steer_cpu_rows.inc"
@@ -38,6 +39,7 @@ namespace isa_avx512bf16 {
 namespace isa_avx512 {
 #include "steer_cpu_rows.inc"
 }
+#undef STEERKERN_AVX512
 #pragma GCC pop_options
 
 #pragma GCC push_options
