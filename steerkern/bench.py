@@ -357,8 +357,11 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     """Time every provider of ``workload``; rounds of all providers interleave, so that a noisy
     neighbour slows them alike and the ratios stay fair. A provider that fails gets ``error``."""
     device = workload.inputs[0]["hidden"].device
-    clock = _CudaClock() if device.type == "cuda" else _CpuClock()
-    evict = (lambda: None) if device.type == "cuda" else _CpuCacheEviction()
+    on_cuda = device.type == "cuda"
+    clock = _CudaClock() if on_cuda else _CpuClock()
+    # CPU rounds are one call each, after evicting the caches: a second call in the same round
+    # would find the first one's data in cache.
+    evict = (lambda: None) if on_cuda else _CpuCacheEviction()
     runner_type = _GraphRunner if workload.case.graph else _EagerRunner
     timings, plans = {}, {}
     with torch.no_grad():
@@ -372,7 +375,7 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
                 timings[name] = Timing(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
                 _release(device)
                 continue
-            units = max(1, math.ceil(min_round_s / unit_s))
+            units = max(1, math.ceil(min_round_s / unit_s)) if on_cuda else 1
             planned = min(rounds, max(3, int(budget_s / (units * unit_s))))
             plans[name] = (runner, units, planned)
             timings[name] = Timing(rounds=planned, calls_per_round=units * runner.calls)
