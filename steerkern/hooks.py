@@ -113,12 +113,14 @@ class Rows:
     """Facts about the rows of one forward pass, each (B, S) on the inputs' device.
 
     ``real``: not padding (None: all are real). ``index``: rank among the sequence's real tokens.
-    ``generated``: produced by a generation step (None: none is). ``columns``: (S,) position of
-    each row in the sequence (prompt columns as in ``input_ids``, then the generated tokens).
+    ``generated``: produced by a generation step (None: none is, or ``index`` was not asked for).
+    ``columns``: (S,) position of each row in the sequence (prompt columns as in ``input_ids``,
+    then the generated tokens).
     """
 
+    batch: int
     real: torch.Tensor | None
-    index: torch.Tensor
+    index: torch.Tensor | None
     generated: torch.Tensor | None
     columns: torch.Tensor | None
 
@@ -141,37 +143,41 @@ def _is_padding_mask(mask, length: int) -> bool:
     return isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[-1] >= length
 
 
-def read_rows(args, kwargs, need_columns: bool = False, outer_mask=None) -> Rows:
+def read_rows(args, kwargs, *, need_index=False, need_columns=False, outer_mask=None) -> Rows:
     """Row facts from the decoder stack's forward arguments (HF order: input_ids, attention_mask).
 
     ``outer_mask``: the attention mask the whole model was called with, used when the stack only
-    gets prepared masks (multimodal wrappers such as Gemma-3's). ``columns`` is left None unless
-    ``need_columns``: reading a static cache's length from Python would make a compiled decode
-    step recompile at every token.
+    gets prepared masks (multimodal wrappers such as Gemma-3's). ``index`` and ``generated`` are
+    left None unless ``need_index``, ``columns`` unless ``need_columns``: each costs small tensor
+    ops at every decoding step, and reading a static cache's length from Python would make a
+    compiled decode step recompile at every token.
     """
     tokens = _argument(args, kwargs, "input_ids", 0)
     if tokens is None:
         tokens = kwargs["inputs_embeds"]
     batch, length = tokens.shape[:2]
-    steps = torch.arange(length, device=tokens.device)
     attention_mask = _argument(args, kwargs, "attention_mask", 1)
     if not _is_padding_mask(attention_mask, length):
         attention_mask = outer_mask
+    real = index = columns = None
     if _is_padding_mask(attention_mask, length):
         # The 2-D mask covers the cached tokens and this pass's tokens, in that order.
         real = attention_mask[:, -length:].bool()
-        index = attention_mask.long().cumsum(-1)[:, -length:] - 1
-        columns = steps + (attention_mask.shape[-1] - length)
-    else:
+        if need_index:
+            index = attention_mask.long().cumsum(-1)[:, -length:] - 1
+        if need_columns:
+            columns = torch.arange(length, device=tokens.device) + (attention_mask.shape[-1] - length)
+    elif need_index or need_columns:
         # No 2-D mask (none given, or a compilable cache's prepared 4-D masks): no padding is
         # visible; generate's position ids count real tokens, else the model counts from the cache.
-        real = None
         position_ids = kwargs.get("position_ids")
         has_positions = position_ids is not None and position_ids.dim() <= 2
-        columns = steps + _cache_length(kwargs) if need_columns or not has_positions else None
-        index = (position_ids if has_positions else columns).expand(batch, length)
-    generated = index > 0 if length == 1 else None
-    return Rows(real=real, index=index, generated=generated, columns=columns)
+        if need_columns or not has_positions:
+            columns = torch.arange(length, device=tokens.device) + _cache_length(kwargs)
+        if need_index:
+            index = (position_ids if has_positions else columns).expand(batch, length)
+    generated = index > 0 if index is not None and length == 1 else None
+    return Rows(batch=batch, real=real, index=index, generated=generated, columns=columns)
 
 
 def _both(first, second):
@@ -277,6 +283,7 @@ class _Hooks:
     (or leaving ``with``, also on exceptions)."""
 
     _run_first = False  # prepend the layer hooks (detection reads the layer's own output)
+    _needs_index = False  # what _select_rows reads of the Rows besides `real`
     _needs_columns = False
 
     def __init__(self, steerer: Steerer):
@@ -318,7 +325,8 @@ class _Hooks:
         self._outer_mask = kwargs.get("attention_mask")
 
     def _on_forward(self, module, args, kwargs):
-        rows = read_rows(args, kwargs, self._needs_columns, self._outer_mask)
+        rows = read_rows(args, kwargs, need_index=self._needs_index, need_columns=self._needs_columns,
+                         outer_mask=self._outer_mask)
         self._outer_mask = None  # one model call, one stack call: never reuse it
         self._rows = self._select_rows(rows)
 
@@ -378,6 +386,7 @@ class SteeringHooks(_Hooks):
         self.prefix_length = prefix_length
         stack_device = module_device_and_dtype(steerer._stack)[0]
         self._mask = None if mask is None else mask.to(stack_device)
+        self._needs_index = positions != "all" or prefix_length > 0
         self._needs_columns = mask is not None
         programs = {}  # built once per (dictionary, device): ids validated here, never per step
         self._programs = {}
@@ -403,7 +412,7 @@ class SteeringHooks(_Hooks):
         return keep
 
     def _mask_rows(self, rows: Rows) -> torch.Tensor:
-        mask = fit_batch(self._mask, rows.index.shape[0], "mask")
+        mask = fit_batch(self._mask, rows.batch, "mask")
         mask = _on_device(mask, rows.columns.device)
         width = mask.shape[1]
         with_rest = torch.nn.functional.pad(mask, (0, 1), value=True)  # column `width` stands for all later ones
@@ -415,15 +424,14 @@ class SteeringHooks(_Hooks):
             return
         program = self._programs[index]
         batch = hidden.shape[0]
-        ops.steer_(
+        ops.steer_prepared_(
             hidden,
             program.dictionary.weight,
             fit_batch(program.ids, batch, "concepts"),
             fit_batch(program.coeffs, batch, "concepts"),
-            mode=self.mode,
-            mask=rows,
-            bias=program.dictionary.bias,
-            check_ids=False,
+            self.mode,
+            rows,
+            program.dictionary.bias,
         )
 
 
@@ -529,6 +537,7 @@ class DetectionHooks(_Hooks):
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
         self.prefix_length = prefix_length
+        self._needs_index = prefix_length > 0
         self._per_token = per_token
         self._top_k = top_k
         self._detectors = {}

@@ -411,12 +411,21 @@ def test_rows_come_from_the_cache_and_positions_without_a_mask():
         def get_seq_length(self):
             return 7
 
-    rows = read_rows((), {"input_ids": tokens, "cache": Cache()}, need_columns=True)
+    rows = read_rows((), {"input_ids": tokens, "cache": Cache()}, need_index=True, need_columns=True)
     assert rows.real is None and rows.columns.tolist() == [7] and rows.index.tolist() == [[7], [7]]
     assert rows.generated.all()
     positions = torch.tensor([[4], [0]])
-    rows = read_rows((), {"input_ids": tokens, "position_ids": positions})
+    rows = read_rows((), {"input_ids": tokens, "position_ids": positions}, need_index=True)
     assert rows.index.tolist() == [[4], [0]] and rows.generated.tolist() == [[True], [False]] and rows.columns is None
+
+
+def test_rows_compute_only_what_is_asked_for():
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    rows = read_rows((torch.zeros(2, 1, dtype=torch.long), mask), {})
+    assert rows.batch == 2 and rows.real.tolist() == [[True], [True]]
+    assert rows.index is None and rows.generated is None and rows.columns is None
+    rows = read_rows((torch.zeros(2, 1, dtype=torch.long), mask), {}, need_index=True, need_columns=True)
+    assert rows.index.tolist() == [[1], [2]] and rows.generated.all() and rows.columns.tolist() == [2]
 
 
 def test_static_cache_compiled_generation_matches_eager(dictionary):
