@@ -1,7 +1,8 @@
 // CUDA kernel of steerkern::steer_: a block owns one row at a time (grid-stride over rows). The
-// row is read once with 16-byte loads and kept in shared memory as float32; the K detection dots
-// are reduced across the block; the update is written back with 16-byte stores. Dictionary rows
-// are read through the read-only cache and stay in L1/L2 across rows that share a program.
+// row is read once with 16-byte loads and kept in shared memory as float32, laid out so that a
+// warp's accesses never share a bank; the K detection dots are reduced across the block; the
+// update is written back with 16-byte stores. Dictionary rows are read through the read-only
+// cache and stay in L1/L2 across rows that share a program.
 #include "cuda_utils.cuh"
 #include "steer.h"
 
@@ -37,6 +38,40 @@ inline size_t shared_bytes(int64_t slots, int64_t d) {
   return (header + 15) / 16 * 16 + d * sizeof(float);
 }
 
+// The row in shared memory, pack i (VEC elements) of `packs`. With VEC a multiple of 4 it is kept
+// in VEC / 4 planes of float4, plane q holding elements 4q..4q+3 of every pack, so consecutive
+// threads touch consecutive 16 bytes: packs stored whole would put lanes 32 or 64 bytes apart and
+// serialise each access 2 to 8 ways on bank conflicts. Otherwise (the unaligned path, VEC = 1)
+// plain floats, already consecutive.
+template <int VEC>
+__device__ __forceinline__ void store_row_pack(float* x, int64_t packs, int64_t i, const float (&v)[VEC]) {
+  if constexpr (VEC % 4 == 0) {
+    auto* planes = reinterpret_cast<float4*>(x);
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      planes[q * packs + i] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) x[i * VEC + j] = v[j];
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void load_row_pack(const float* x, int64_t packs, int64_t i, float (&v)[VEC]) {
+  if constexpr (VEC % 4 == 0) {
+    const auto* planes = reinterpret_cast<const float4*>(x);
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 f = planes[q * packs + i];
+      v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) v[j] = x[i * VEC + j];
+  }
+}
+
 template <typename scalar_t, typename dict_t, int VEC>
 __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
   extern __shared__ __align__(16) unsigned char shared[];
@@ -60,8 +95,10 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
     scalar_t* row = hidden + t * d;
     for (int64_t i = threadIdx.x; i < packs; i += kThreads) {
       const auto pack = cuda::load_pack<scalar_t, VEC>(row + i * VEC);
+      float v[VEC];
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) x[i * VEC + j] = static_cast<float>(pack.v[j]);
+      for (int j = 0; j < VEC; ++j) v[j] = static_cast<float>(pack.v[j]);
+      store_row_pack<VEC>(x, packs, i, v);
     }
     __syncthreads();
 
@@ -72,8 +109,10 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
         const dict_t* w = dictionary + c * d;
         for (int64_t i = threadIdx.x; i < packs; i += kThreads) {
           const auto pack = cuda::load_pack_cached<dict_t, VEC>(w + i * VEC);
+          float v[VEC];
+          load_row_pack<VEC>(x, packs, i, v);
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) dot += x[i * VEC + j] * static_cast<float>(pack.v[j]);
+          for (int j = 0; j < VEC; ++j) dot += v[j] * static_cast<float>(pack.v[j]);
         }
       }
       dot = cuda::warp_sum(dot);
@@ -104,9 +143,11 @@ __global__ void __launch_bounds__(kThreads) steer_kernel(SteerParams p) {
 #pragma unroll
           for (int j = 0; j < VEC; ++j) delta[j] += coef[k] * static_cast<float>(pack.v[j]);
         }
+        float v[VEC];
+        load_row_pack<VEC>(x, packs, i, v);
         cuda::Pack<scalar_t, VEC> out;
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out.v[j] = static_cast<scalar_t>(x[i * VEC + j] + delta[j]);
+        for (int j = 0; j < VEC; ++j) out.v[j] = static_cast<scalar_t>(v[j] + delta[j]);
         cuda::store_pack<scalar_t, VEC>(row + i * VEC, out);
       }
     }
