@@ -40,9 +40,9 @@ inline size_t shared_bytes(int64_t slots, int64_t d) {
 
 // The row in shared memory, pack i (VEC elements) of `packs`. With VEC a multiple of 4 it is kept
 // in VEC / 4 planes of float4, plane q holding elements 4q..4q+3 of every pack, so consecutive
-// threads touch consecutive 16 bytes: packs stored whole would put lanes 32 or 64 bytes apart and
-// serialise each access 2 to 8 ways on bank conflicts. Otherwise (the unaligned path, VEC = 1)
-// plain floats, already consecutive.
+// threads touch consecutive 16 bytes: half-precision packs (VEC = 8) stored whole would put lanes
+// 32 bytes apart, and their accesses serialise on bank conflicts. Otherwise (the unaligned path,
+// VEC = 1) plain floats, already consecutive.
 template <int VEC>
 __device__ __forceinline__ void store_row_pack(float* x, int64_t packs, int64_t i, const float (&v)[VEC]) {
   if constexpr (VEC % 4 == 0) {
