@@ -94,6 +94,15 @@ def test_steer_fresh_inputs_each_seed(device):
         _check_steer(case, device, seed)
 
 
+def test_calls_of_other_sizes_leave_nothing_behind():
+    # The CPU kernel keeps its buffers from call to call: a call with more slots, a wider d or
+    # another program kind must not leak into the next, smaller one.
+    base = dict(GRID[0], dtype=torch.float32, masked=True, empty_slots=True, dictionary_fp32=False, bias=True)
+    for d, slots, program, mode in [(2053, 6, "per_row", "add"), (7, 3, "per_row", "clamp"),
+                                    (2053, 2, "per_sequence", "add"), (771, 9, "per_row", "detect")]:
+        _check_steer(dict(base, d=d, slots=slots, program=program, mode=mode, rows=39), "cpu", seed=d + slots)
+
+
 def test_add_is_exact_patch_for_one_concept():
     # h' = h + α·w exactly in float32 for a single slot with no mask.
     gen = torch.Generator().manual_seed(5)
