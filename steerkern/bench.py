@@ -286,8 +286,8 @@ class _CpuCacheEviction:
     """Writes a buffer twice the size of the last-level cache, so that a provider's timed call
     starts from caches that hold none of its inputs (what rotating inputs does on CUDA)."""
 
-    def __init__(self):
-        self.buffer = torch.ones(2 * _last_level_cache_bytes() // 4)
+    def __init__(self, cache_bytes: int):
+        self.buffer = torch.ones(2 * cache_bytes // 4)
 
     def __call__(self):
         self.buffer.add_(1.0)
@@ -363,8 +363,9 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     # here, but what is left of them depends on which provider ran before: such rounds are one call
     # each, after evicting the caches (a second call would find the first one's data).
     input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
-    cold = not on_cuda and input_bytes > _last_level_cache_bytes()
-    evict = _CpuCacheEviction() if cold else (lambda: None)
+    cache_bytes = 0 if on_cuda else _last_level_cache_bytes()
+    cold = not on_cuda and input_bytes > cache_bytes
+    evict = _CpuCacheEviction(cache_bytes) if cold else (lambda: None)
     runner_type = _GraphRunner if workload.case.graph else _EagerRunner
     timings, plans = {}, {}
     with torch.no_grad():

@@ -75,15 +75,10 @@ def _check_steer(case, device, seed=0):
         assert torch.equal(hidden[~mask], original[~mask])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("case", GRID, ids=_case_id)
-def test_steer_matches_reference_cpu(case):
-    _check_steer(case, "cpu")
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("case", GRID, ids=_case_id)
-def test_steer_matches_reference_cuda(case):
-    _check_steer(case, "cuda")
+def test_steer_matches_reference(case, device):
+    _check_steer(case, device)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -173,15 +168,10 @@ def _check_detect(case, device):
     torch.testing.assert_close(scores, expected, rtol=rtol, atol=1e-4 if rtol == 1e-5 else 2e-2)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("case", DETECT_GRID, ids=_case_id)
-def test_detect_matches_reference_cpu(case):
-    _check_detect(case, "cpu")
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("case", DETECT_GRID, ids=_case_id)
-def test_detect_matches_reference_cuda(case):
-    _check_detect(case, "cuda")
+def test_detect_matches_reference(case, device):
+    _check_detect(case, device)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
