@@ -104,6 +104,18 @@ void epilogue_cuda(const at::Tensor& pre, int64_t first_row, const DetectProblem
 at::Tensor detect_cuda(const at::Tensor& hidden, const at::Tensor& weight, bool weight_is_encoder,
                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& threshold,
                        const std::optional<at::Tensor>& mask, bool reduce_max) {
+  // The device checks come before the guard: with hidden on the CPU and another argument on CUDA
+  // (which routes the call here) they name the mismatch, where the guard would only say that
+  // hidden is not a CUDA device.
+  auto check_device = [&](const at::Tensor& tensor, const char* name) {
+    TORCH_CHECK_VALUE(tensor.device() == hidden.device(), "steerkern: ", name, " is on ", tensor.device(),
+                      " but hidden is on ", hidden.device());
+  };
+  check_device(weight, "the detection weight");
+  if (bias.has_value()) check_device(*bias, "bias");
+  if (threshold.has_value()) check_device(*threshold, "threshold");
+  if (mask.has_value()) check_device(*mask, "mask");
+  TORCH_CHECK(hidden.is_cuda(), "steerkern: the CUDA detect kernel got hidden on ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());
   return detect_dense(hidden, weight, weight_is_encoder, bias, threshold, mask, reduce_max, &epilogue_cuda);
 }
