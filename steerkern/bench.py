@@ -176,6 +176,7 @@ class Workload:
     providers: dict[str, Callable[[dict], object]]
     bytes_moved: int
     flops: int
+    dictionary: torch.Tensor | None = None  # the one every provider uses (to check results against)
 
 
 def _input_copies(set_bytes: int, device: torch.device) -> int:
@@ -205,7 +206,7 @@ def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> 
     chosen = {name: provider_table[name] for name in wanted if name in provider_table}
     if "compile" in chosen:
         torch._dynamo.reset()  # each case compiles afresh, never against the recompile limit
-    return Workload(case, inputs, chosen, bytes_moved, flops)
+    return Workload(case, inputs, chosen, bytes_moved, flops, dictionary)
 
 
 def _prepare_steer(case: Case, dictionary, random):
@@ -554,6 +555,20 @@ def failures(results) -> list[str]:
         for name, entry in result.get("providers", {}).items():
             if entry.get("error"):
                 lines.append(f"{result['label']} [{name}]: {entry['error']}")
+    return lines
+
+
+def fused_failures(results) -> list[str]:
+    """The failures of the fused op itself (a case that could not be set up counts too): what
+    makes a benchmark run fail, where a baseline that cannot run (no compiler, out of memory)
+    only leaves a gap in the table."""
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['label']}: {result['error']}")
+        error = result.get("providers", {}).get("steerkern", {}).get("error")
+        if error:
+            lines.append(f"{result['label']} [steerkern]: {error}")
     return lines
 
 
