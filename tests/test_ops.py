@@ -3,13 +3,13 @@ modes x dtypes x program kinds x masks x empty slots x odd sizes, plus opcheck a
 
 from __future__ import annotations
 
-import allpairspy
 import pytest
 import torch
 
 import steerkern
 from steerkern import reference
-from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, unit_rows
+from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, poison_allocator, unit_rows
+from tests.pairwise import all_pairs, uncovered_pairs
 
 AXES = {
     "mode": ["add", "clamp", "detect"],
@@ -25,15 +25,18 @@ AXES = {
 }
 
 
-def _small_enough(values):
+def _small_enough(case):
     # The reference gathers K dictionary rows per row: keep its (rows, K, d) tensor modest.
-    named = dict(zip(AXES, values))
-    if {"rows", "slots", "d"} <= named.keys():
-        return named["rows"] * named["slots"] * named["d"] <= 4097 * 3 * 2304
-    return True
+    return case["rows"] * case["slots"] * case["d"] <= 4097 * 3 * 2304
 
 
-GRID = [dict(zip(AXES, case)) for case in allpairspy.AllPairs(list(AXES.values()), filter_func=_small_enough)]
+GRID = all_pairs(AXES, _small_enough)
+
+
+def test_grids_cover_every_pair():
+    assert uncovered_pairs(GRID, AXES, _small_enough) == []
+    assert all(_small_enough(case) for case in GRID)
+    assert uncovered_pairs(DETECT_GRID, DETECT_AXES) == []
 
 
 def _case_id(case):
@@ -58,11 +61,13 @@ def _inputs(case, device, seed):
 
 def _check_steer(case, device, seed=0):
     hidden, dictionary, ids, coeffs, mask, bias = _inputs(case, device, seed)
-    expected_hidden, expected_acts = reference.steer(
-        hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias
-    )
     original = hidden.clone()
+    # The op runs first, on a poisoned allocator: its output cannot inherit the reference's.
+    poison_allocator(device, 4 * ids.shape[-1] * original[..., 0].numel())
     acts = steerkern.steer_(hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias)
+    expected_hidden, expected_acts = reference.steer(
+        original, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias
+    )
 
     assert acts.dtype == torch.float32 and acts.shape == (*hidden.shape[:-1], ids.shape[-1])
     assert_acts_close(acts, expected_acts, case["d"])
@@ -145,7 +150,7 @@ DETECT_AXES = {
     "shape": [(1, 1, 7), (3, 5, 769), (2, 33, 64), (40, 16)],
     "dictionary_fp32": [False, True],
 }
-DETECT_GRID = [dict(zip(DETECT_AXES, case)) for case in allpairspy.AllPairs(list(DETECT_AXES.values()))]
+DETECT_GRID = all_pairs(DETECT_AXES)
 
 
 def _check_detect(case, device):
@@ -160,8 +165,9 @@ def _check_detect(case, device):
     threshold = (0.2 * torch.rand(n_concepts, generator=gen)).to(device) if case["threshold"] else None
     mask = (torch.rand(shape[:-1], generator=gen) < 0.7).to(device) if case["masked"] else None
     kwargs = dict(bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=case["reduce"])
-    expected = reference.detect(hidden, dictionary, **kwargs)
+    poison_allocator(device)
     scores = steerkern.detect(hidden, dictionary, **kwargs)
+    expected = reference.detect(hidden, dictionary, **kwargs)
     assert scores.dtype == torch.float32 and scores.shape == expected.shape
     # Half inputs go through a half-precision GEMM: one rounding of each pre-activation.
     rtol = 1e-5 if dtype == torch.float32 and weight_dtype == torch.float32 else 2 * 2.0**-8
@@ -185,3 +191,4 @@ def test_blocks_and_chunks_with_partial_masks(device, mode, dtype, program):
     case = dict(GRID[0], mode=mode, dtype=dtype, program=program, masked=True, empty_slots=True,
                 d=2 * 1024 + 37, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
     _check_steer(case, device, seed=4)
+
