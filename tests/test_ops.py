@@ -169,9 +169,8 @@ def _check_detect(case, device):
     scores = steerkern.detect(hidden, dictionary, **kwargs)
     expected = reference.detect(hidden, dictionary, **kwargs)
     assert scores.dtype == torch.float32 and scores.shape == expected.shape
-    # Half inputs go through a half-precision GEMM: one rounding of each pre-activation.
-    rtol = 1e-5 if dtype == torch.float32 and weight_dtype == torch.float32 else 2 * 2.0**-8
-    torch.testing.assert_close(scores, expected, rtol=rtol, atol=1e-4 if rtol == 1e-5 else 2e-2)
+    # Pre-activations are accumulated and kept in float32 whatever the inputs' dtype.
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5 * d**0.5)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -192,3 +191,33 @@ def test_blocks_and_chunks_with_partial_masks(device, mode, dtype, program):
                 d=2 * 1024 + 37, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
     _check_steer(case, device, seed=4)
 
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_detect_threshold_sees_the_unrounded_pre_activation(device, dtype):
+    # 100 + 0.21875 rounds to 100 in bfloat16, below the threshold of 100.1: the JumpReLU must
+    # see the float32 sum, as the reference does.
+    d = 64
+    hidden = torch.zeros(3, d, dtype=dtype, device=device)
+    hidden[:, 0], hidden[:, 1] = 100.0, 0.21875
+    encoder = torch.zeros(d, 2, dtype=dtype, device=device)
+    encoder[:2, 0] = 1.0
+    encoder[0, 1] = 1.0
+    threshold = torch.tensor([100.1, 99.0], device=device)
+    for reduce in ("none", "max"):
+        scores = steerkern.detect(hidden, None, encoder=encoder, threshold=threshold, reduce=reduce)
+        expected = reference.detect(hidden, None, encoder=encoder, threshold=threshold, reduce=reduce)
+        assert expected[..., 0].eq(100.21875).all()
+        torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+
+
+def test_detect_converts_the_input_a_chunk_at_a_time():
+    # With few concepts the GEMM output of a chunk is small, but the float32 copy of the chunk's
+    # rows is not: the chunk size must count it (T rows of d = 4096 would take 1 GiB at once).
+    hidden = torch.randn(1 << 16, 4096, dtype=torch.bfloat16)
+    dictionary = unit_rows(4, 4096, torch.float32, "cpu", torch.Generator().manual_seed(8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        scores = steerkern.detect(hidden, dictionary, reduce="max")
+    largest = max(event.self_cpu_memory_usage for event in prof.events())
+    assert 64 << 20 <= largest <= 300 << 20, f"one allocation of {largest >> 20} MiB"
+    torch.testing.assert_close(scores, reference.detect(hidden, dictionary, reduce="max"), rtol=1e-5, atol=1e-3)
