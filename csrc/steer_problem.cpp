@@ -36,6 +36,7 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                     "steerkern: hidden must be float32, bfloat16 or float16, got ", dtype);
   TORCH_CHECK_VALUE(hidden.dim() == 2 || hidden.dim() == 3, "steerkern: hidden must be (B, S, d) or (T, d)");
+  TORCH_CHECK_VALUE(hidden.size(-1) > 0, "steerkern: hidden has d = 0; rows need at least one feature");
   TORCH_CHECK_VALUE(hidden.is_contiguous(), "steerkern: hidden must be contiguous (steer_ writes it in place)");
   TORCH_CHECK_VALUE(dictionary.dim() == 2 && dictionary.size(1) == hidden.size(-1),
                     "steerkern: dictionary must be (N, d) with d = hidden.size(-1)");
@@ -52,7 +53,7 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
   SteerProblem p;
   p.mode = parse_mode(mode);
   p.d = hidden.size(-1);
-  p.rows = hidden.numel() / std::max<int64_t>(p.d, 1);
+  p.rows = hidden.numel() / p.d;
   p.slots = concept_ids.size(-1);
   p.concepts = dictionary.size(0);
   const int64_t programs = concept_ids.numel() / std::max<int64_t>(p.slots, 1);

@@ -18,6 +18,8 @@ def _check_hidden_and_dictionary(hidden, dictionary, dictionary_name="dictionary
         _fail(f"hidden must be a float32, bfloat16 or float16 tensor, got {getattr(hidden, 'dtype', type(hidden))}")
     if hidden.dim() not in (2, 3):
         _fail(f"hidden must be (B, S, d) or (T, d), got shape {tuple(hidden.shape)}")
+    if hidden.shape[-1] == 0:
+        _fail(f"hidden has d = 0 (shape {tuple(hidden.shape)}); rows need at least one feature")
     if dictionary.dim() != 2:
         _fail(f"{dictionary_name} must be 2-D, got shape {tuple(dictionary.shape)}")
     if dictionary.dtype not in (hidden.dtype, torch.float32):
