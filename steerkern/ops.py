@@ -32,7 +32,7 @@ def steer_(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bi
         acts = steer_(work, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias, check_ids=False)
         hidden.copy_(work)
         return acts
-    if use_compiled():
+    if use_compiled(hidden.device):
         return torch.ops.steerkern.steer_(hidden, dictionary.contiguous(), ids, alpha, mode, mask, bias)
     steered, acts = reference.steer(hidden, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias)
     if mode != "detect":
@@ -44,7 +44,7 @@ def steer_prepared_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias):
     """``steer_`` for a program checked once and called at every forward (the hooks): int64 ids,
     float32 coeffs and a contiguous dictionary already. The compiled op checks shapes, dtypes and
     devices itself, so the Python checks (tens of microseconds a step) are skipped when it runs."""
-    if use_compiled() and hidden.is_contiguous():
+    if use_compiled(hidden.device) and hidden.is_contiguous():
         return torch.ops.steerkern.steer_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias)
     return steer_(hidden, dictionary, concept_ids, coeffs, mode=mode, mask=mask, bias=bias, check_ids=False)
 
@@ -54,7 +54,7 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
     weight, is_encoder, mask = check_detect_args(hidden, dictionary, bias, threshold, encoder, mask)
-    if use_compiled():
+    if use_compiled(hidden.device):
         return torch.ops.steerkern.detect(hidden, weight, is_encoder, bias, threshold, mask, reduce == "max")
     return reference.detect(
         hidden, dictionary, bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=reduce
