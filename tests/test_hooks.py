@@ -476,6 +476,6 @@ def test_hooks_never_synchronize_the_host_in_a_decode_step(dictionary):
         try:  # what one decode step runs: the stack's pre-hook, then the layer's hook
             hooks._on_model_forward(model, (), step)
             hooks._on_forward(model.model, (), step)
-            _LayerHook(hooks, LAYER)(layer, (hidden,), {}, hidden)
+            _LayerHook(hooks._on_layer, LAYER)(layer, (hidden,), {}, hidden)
         finally:
             torch.cuda.set_sync_debug_mode(0)
