@@ -20,6 +20,11 @@
 // is 16-byte aligned at the start of hidden's body (always when d is a multiple of the pack and
 // both tensors are 16-byte aligned) and element by element otherwise, since a hidden row and a
 // dictionary row can be misaligned differently. Empty slots (id -1, or out of range) are skipped.
+//
+// Sizes: PACKS is 1, 2, 4 (8 for float32 rows), the fewest that fit the row in 128 threads, else
+// the most with up to 512 threads: d up to 16384. Rows longer than that are refused, as is a K
+// whose slots (12 bytes each in shared memory) pass the device's opt-in limit. With its registers
+// busy holding rows, a block asks L2 for its rows ahead (kPrefetchRows) without holding registers.
 #include "cuda_utils.cuh"
 #include "steer.h"
 
@@ -47,6 +52,7 @@ constexpr int kMinThreads = 32;     // at least the 2 x 7 head and tail elements
 constexpr int kRowThreads = 128;    // blocks grow wider than this only when the packs cannot
 constexpr int kMaxThreads = 512;    // __launch_bounds__: up to 128 registers a thread
 constexpr int kMaxRowFloats = 32;   // row elements a thread keeps in registers
+constexpr int kPrefetchRows = 2;    // rows of its own a block asks L2 for ahead of the one it steers
 
 struct SteerParams {
   void* hidden;
@@ -223,8 +229,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
     scalar_t* row = hidden + t * p.d;
     ThreadRow<scalar_t, PACKS> r(row, static_cast<int>(p.d), tid, threads);
     r.read(row);
-    if (t + gridDim.x < p.rows) {  // the block's next row, on its way to L2 while this one is steered
-      const scalar_t* next = row + int64_t{gridDim.x} * p.d;
+    // The block's rows two ahead (and at its first row the next one too) go to L2 while this one
+    // is steered: memory requests in flight that hold no registers.
+    for (int ahead = t == blockIdx.x ? 1 : kPrefetchRows; ahead <= kPrefetchRows; ++ahead) {
+      if (t + int64_t{ahead} * gridDim.x >= p.rows) break;
+      const scalar_t* next = row + int64_t{ahead} * gridDim.x * p.d;
 #pragma unroll
       for (int i = 0; i < PACKS; ++i) {
         const int64_t element = int64_t{tid + i * threads} * r.kVec;
