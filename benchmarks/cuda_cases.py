@@ -1,9 +1,12 @@
 """GPU checks for benchmarks/gpu_check.sh, each exiting 1 when a result is wrong.
 
-    python benchmarks/cuda_cases.py [--detect]     every CUDA steer kernel instantiation once, small,
-                                                   for compute-sanitizer (memcheck, racecheck,
-                                                   initcheck); --detect adds the dense-detect
-                                                   epilogues (they go through cuBLAS)
+    python benchmarks/cuda_cases.py [--detect] [--quick]
+                                                   every CUDA steer kernel instantiation, small, for
+                                                   compute-sanitizer (memcheck, racecheck, initcheck):
+                                                   fused add, clamp over two tiles, detect, misaligned
+                                                   views, wide and tiny rows; --quick only clamp
+                                                   and one fused add per instantiation; --detect
+                                                   adds the dense-detect epilogues (via cuBLAS)
     python benchmarks/cuda_cases.py --bench        the fused op against the reference on slices of
                                                    the benchmark shapes (steerkern bench's targets)
     python benchmarks/cuda_cases.py --targets BENCH.json
@@ -65,12 +68,15 @@ def steer_case(hidden_dtype, dict_dtype, d, mode, slots, program, offsets=(0, 0)
     assert_hidden_close(work.cpu(), expected_hidden)
 
 
-def sanitizer_cases(with_detect: bool) -> int:
+def sanitizer_cases(with_detect: bool, quick: bool) -> int:
     cases = []
     for h, w in DTYPE_PAIRS:
         for d in WIDTHS:
-            cases.append((h, w, d, "add", 3, "sequence", (0, 0)))  # the fused add, masked rows
+            if not quick or d == 2304:
+                cases.append((h, w, d, "add", 3, "sequence", (0, 0)))  # the fused add, masked rows
             cases.append((h, w, d, "clamp", 11, "row", (0, 0)))  # two tiles, then the update pass
+        if quick:
+            continue
         cases.append((h, w, 769, "detect", 5, "sequence", (0, 0)))
         cases.append((h, w, 2304, "add", 11, "row", (1, 1)))  # misaligned alike: 16-byte dictionary loads
         cases.append((h, w, 769, "add", 3, "row", (1, 0)))  # misaligned apart: element loads
@@ -190,6 +196,7 @@ def targets(path: str) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detect", action="store_true", help="add the dense-detect epilogues")
+    parser.add_argument("--quick", action="store_true", help="one steer case per instantiation only")
     parser.add_argument("--bench", action="store_true", help="check the benchmark shapes on slices")
     parser.add_argument("--targets", metavar="BENCH.json", help="report the GPU targets of a bench run")
     args = parser.parse_args()
@@ -200,7 +207,7 @@ def main() -> int:
         return 1
     if args.bench:
         return bench_shape_cases()
-    return sanitizer_cases(args.detect)
+    return sanitizer_cases(args.detect, args.quick)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #   build-info        the CUDA kernels are compiled in                                  (30 s)
 #   memcheck, racecheck, initcheck
 #                     every CUDA steer kernel instantiation, small, under compute-sanitizer,
-#                     checked against the reference (benchmarks/cuda_cases.py)           (75 s each)
+#                     checked against the reference (benchmarks/cuda_cases.py; racecheck
+#                     and initcheck one case per instantiation)                         (75, 60, 60 s)
 #   cuda-tests        pytest -m cuda with CUDA_LAUNCH_BLOCKING=1, so a fault names its test (150 s)
 #   bench             steerkern bench's GPU targets; fails if the fused op failed        (120 s)
 #   bench-check       the fused op against the reference on slices of the bench shapes   (60 s)
@@ -94,8 +95,8 @@ if [ -n "$SANITIZER" ] && [ -x "$SANITIZER" ]; then
   log "compute-sanitizer: $SANITIZER"
   SANITIZE=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --error-exitcode 1)
   step memcheck 75 "${SANITIZE[@]}" --tool memcheck "$PYTHON" benchmarks/cuda_cases.py --detect
-  step racecheck 75 "${SANITIZE[@]}" --tool racecheck "$PYTHON" benchmarks/cuda_cases.py
-  step initcheck 75 "${SANITIZE[@]}" --tool initcheck "$PYTHON" benchmarks/cuda_cases.py
+  step racecheck 60 "${SANITIZE[@]}" --tool racecheck "$PYTHON" benchmarks/cuda_cases.py --quick
+  step initcheck 60 "${SANITIZE[@]}" --tool initcheck "$PYTHON" benchmarks/cuda_cases.py --quick
 else
   log "== memcheck, racecheck, initcheck: compute-sanitizer not found (set COMPUTE_SANITIZER)"
   FAILED+=("sanitizer(missing)")
