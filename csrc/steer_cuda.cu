@@ -62,14 +62,17 @@ struct SteerParams {
   const bool* mask;
   const float* bias;
   float* acts;
+  const float* gate_bounds;  // (programs, slots, 2) or null: see steer.h
+  const bool* gate_all;
   int64_t rows, d, slots, concepts, rows_per_program;
   Mode mode;
 };
 
 // Shared memory of a block: the row's slots (concept or -1, coefficient), then the per-warp
-// partial dots of one tile.
+// partial dots of one tile, then the row's gate decision.
 size_t shared_bytes(int64_t slots, int threads) {
-  return static_cast<size_t>(slots) * (sizeof(int64_t) + sizeof(float)) + (threads / 32) * kTile * sizeof(float);
+  return static_cast<size_t>(slots) * (sizeof(int64_t) + sizeof(float)) + (threads / 32) * kTile * sizeof(float) +
+         sizeof(int);
 }
 
 // This thread's part of one row: its body packs and its head or tail element, as float32.
@@ -213,12 +216,17 @@ __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, 
   }
 }
 
+__device__ __forceinline__ bool is_gate(const SteerParams& p, int64_t program, int k) {
+  return p.gate_bounds != nullptr && !isnan(p.gate_bounds[(program * p.slots + k) * 2]);
+}
+
 template <typename scalar_t, typename dict_t, int PACKS>
 __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams p) {
   extern __shared__ __align__(16) unsigned char shared[];
   auto* slot_concept = reinterpret_cast<int64_t*>(shared);              // [slots], -1 = empty
   float* slot_coef = reinterpret_cast<float*>(slot_concept + p.slots);  // [slots]: α, then the coefficient
   float* partial = slot_coef + p.slots;                                 // [warps][kTile]
+  int* gate_open = reinterpret_cast<int*>(partial + (blockDim.x / 32) * kTile);
 
   auto* hidden = static_cast<scalar_t*>(p.hidden);
   const auto* __restrict__ dictionary = static_cast<const dict_t*>(p.dictionary);
@@ -246,10 +254,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
       const int64_t c = p.ids[program * p.slots + k];
       const bool filled = c >= 0 && c < p.concepts;  // out of range counts as empty
       slot_concept[k] = filled ? c : -1;
-      slot_coef[k] = filled ? p.coeffs[program * p.slots + k] : 0.f;
+      slot_coef[k] = filled && !is_gate(p, program, k) ? p.coeffs[program * p.slots + k] : 0.f;  // gates do not steer
     }
-    const bool steered = p.mode != Mode::kDetect && (p.mask == nullptr || p.mask[t]);
-    const bool fused = steered && p.mode == Mode::kAdd && slots <= kTile;
+    bool steered = p.mode != Mode::kDetect && (p.mask == nullptr || p.mask[t]);
+    // A gated row is written only once its gate slots' activations are known: never in the dots.
+    const bool gated = steered && p.gate_bounds != nullptr;
+    const bool fused = steered && !gated && p.mode == Mode::kAdd && slots <= kTile;
     __syncthreads();
 
     for (int first_slot = 0; first_slot < slots; first_slot += kTile) {
@@ -274,11 +284,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
         for (int w = 0; w < warps; ++w) sum += partial[w * kTile + tid];
         const float act = c < 0 ? 0.f : cuda::relu(sum + (p.bias != nullptr ? p.bias[c] : 0.f));
         p.acts[t * p.slots + k] = act;
-        if (p.mode == Mode::kClamp && c >= 0) slot_coef[k] -= act;
+        if (p.mode == Mode::kClamp && c >= 0 && !is_gate(p, program, k)) slot_coef[k] -= act;
       }
       __syncthreads();  // partial is reused by the next tile; the update reads slot_coef
     }
 
+    if (gated) {  // the tiles' acts are in memory and visible to the block since their last barrier
+      if (tid == 0) {
+        *gate_open = gate_passes(p.gate_bounds + program * p.slots * 2, p.acts + t * p.slots, p.ids + program * p.slots,
+                                 p.concepts, p.slots, p.gate_all != nullptr && p.gate_all[program]);
+      }
+      __syncthreads();
+      steered = *gate_open != 0;
+    }
     if (steered && !fused) update_row(r, dictionary, p.d, slot_concept, slot_coef, slots, row);
     __syncthreads();  // the next row stages its own slots
   }
@@ -347,11 +365,13 @@ void launch_for(const SteerProblem& p, const SteerParams& params, int device) {
 
 at::Tensor steer_cuda(const at::Tensor& hidden, const at::Tensor& dictionary, const at::Tensor& concept_ids,
                       const at::Tensor& coeffs, c10::string_view mode, const std::optional<at::Tensor>& mask,
-                      const std::optional<at::Tensor>& bias) {
+                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
+                      const std::optional<at::Tensor>& gate_all) {
   // The checks come first: with hidden on the CPU and another argument on CUDA (which routes the
   // call here) they name the mismatch, where a device guard would only say "not a CUDA device".
   const SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
-                                            std::string_view(mode.data(), mode.size()), mask, bias);
+                                            std::string_view(mode.data(), mode.size()), mask, bias, gate_bounds,
+                                            gate_all);
   TORCH_CHECK(hidden.is_cuda(), "steerkern: the CUDA steer kernel got hidden on ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());
   if (p.rows == 0) return p.acts;
@@ -362,6 +382,8 @@ at::Tensor steer_cuda(const at::Tensor& hidden, const at::Tensor& dictionary, co
                            p.mask.defined() ? p.mask.const_data_ptr<bool>() : nullptr,
                            p.bias.defined() ? p.bias.const_data_ptr<float>() : nullptr,
                            p.acts.data_ptr<float>(),
+                           p.gate_bounds.defined() ? p.gate_bounds.const_data_ptr<float>() : nullptr,
+                           p.gate_all.defined() ? p.gate_all.const_data_ptr<bool>() : nullptr,
                            p.rows,
                            p.d,
                            p.slots,
