@@ -135,18 +135,23 @@ class _GateLayer:
         self.decision = None  # (B, G) prompt-scope decisions
         self.latch = None  # (B, G) latched-scope state
 
-    def flags(self, hidden, rows, prefix_length, fresh):
-        """This pass's acts (B, S, G) of the gate concepts and the rows each slot lets through."""
+    def read(self, hidden, rows, prefix_length, fresh):
+        """This pass's acts (B, S, G) of the gate concepts, read in detect mode, and their flags."""
         batch = hidden.shape[0]
+        acts = ops.steer_prepared_(hidden, self.dictionary.weight, _fit(self.ids, batch), _fit(self.coeffs, batch),
+                                   "detect", None, self.dictionary.bias)
+        return acts, self.flags(acts, rows, prefix_length, fresh)
+
+    def flags(self, acts, rows, prefix_length, fresh):
+        """(B, S, G): the rows each gate slot lets through, from its acts in this pass."""
+        batch = acts.shape[0]
         ids = _fit(self.ids, batch)
-        acts = ops.steer_prepared_(hidden, self.dictionary.weight, ids, _fit(self.coeffs, batch), "detect", None,
-                                   self.dictionary.bias)
         above, below = _fit(self.above, batch)[:, None, :], _fit(self.below, batch)[:, None, :]
-        counted = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        counted = torch.ones(acts.shape[:2], dtype=torch.bool, device=acts.device)
         if rows.real is not None:
-            counted = counted & rows.real.to(hidden.device)
+            counted = counted & rows.real.to(acts.device)
         if prefix_length:
-            counted = counted & (rows.index.to(hidden.device) >= prefix_length)
+            counted = counted & (rows.index.to(acts.device) >= prefix_length)
         fires = (acts > above) & (acts < below) & counted[..., None] & (ids >= 0)[:, None, :]
         flags = fires
         scope = _fit(self.scope, batch)[:, None, :]
@@ -154,11 +159,11 @@ class _GateLayer:
             prompt_flags = self._prompt_flags(acts, counted, rows, above, below, fresh)
             flags = torch.where(scope == _PROMPT, prompt_flags, flags)
         if "latched" in self.scopes:
-            state = self._state("latch", batch, hidden.device, fresh)
+            state = self._state("latch", batch, acts.device, fresh)
             running = torch.cummax((fires | state[:, None, :]).to(torch.uint8), dim=1).values.bool()
             state.copy_(running[:, -1, :])
             flags = torch.where(scope == _LATCHED, running, flags)
-        return acts, flags
+        return flags
 
     def _prompt_flags(self, acts, counted, rows, above, below, fresh):
         prompt_rows = counted if rows.generated is None else counted & ~rows.generated.to(counted.device)
@@ -255,10 +260,23 @@ class Gates:
         read = []
         for position, gate in enumerate(self.layers):
             if gate.layer == layer:
-                acts, flags = gate.flags(hidden, rows, prefix_length, self._fresh)
-                self._flags[position] = flags
+                acts, self._flags[position] = gate.read(hidden, rows, prefix_length, self._fresh)
                 read.append(acts)
         return read
+
+    def fused(self, layer, steering):
+        """When every condition is token-scoped at ``layer`` on the steering dictionary, the gate
+        slots that join the steering program there (one pass reads the row for both): else None."""
+        if len(self.layers) != 1 or self.layers[0].layer != layer or self.layers[0].scopes != {"token"}:
+            return None
+        gate = self.layers[0]
+        if gate.dictionary is not steering.dictionary:
+            return None
+        return FusedGate(gate, steering, self._all)
+
+    def record_fused(self, gate_acts, rows, prefix_length):
+        """The flags of the fused gate slots' acts, for the steering layers after the fused one."""
+        self._flags[0] = self.layers[0].flags(gate_acts, rows, prefix_length, self._fresh)
 
     def rows(self, hidden) -> torch.Tensor:
         """(B, S) bool: the rows the gates let through in this pass."""
@@ -282,3 +300,21 @@ def _gate_row(dictionary, concept) -> int:
         return row_of(dictionary, concept)
     except KeyError as error:
         raise ValueError(f"unknown gate concept {concept!r}: {error.args[0]}") from None
+
+
+class FusedGate:
+    """A steering program (B, K) with its layer's gate slots (B, G) appended, their bounds (NaN
+    for steering and empty gate slots) and each program's all-of flag, for one gated op call."""
+
+    def __init__(self, gate: _GateLayer, steering, gate_all):
+        self.steering_slots = steering.ids.shape[1]
+        batch = max(steering.ids.shape[0], gate.ids.shape[0])
+        steering_ids, steering_coeffs = _fit(steering.ids, batch), _fit(steering.coeffs, batch)
+        gate_ids = _fit(gate.ids, batch)
+        self.ids = torch.cat([steering_ids, gate_ids], dim=1)
+        self.coeffs = torch.cat([steering_coeffs, torch.zeros_like(gate_ids, dtype=torch.float32)], dim=1)
+        nan = torch.full(steering_ids.shape + (2,), math.nan, device=gate_ids.device)
+        bounds = torch.stack([_fit(gate.above, batch), _fit(gate.below, batch)], dim=-1)
+        bounds = torch.where((gate_ids >= 0)[..., None], bounds, torch.full_like(bounds, math.nan))
+        self.bounds = torch.cat([nan, bounds], dim=1)
+        self.gate_all = _fit(gate_all, batch)

@@ -356,6 +356,10 @@ class SteeringHooks(_Hooks):
                 programs[key] = _Program(layer.dictionary, ids.to(key[1]), coeffs.to(key[1]))
             self._programs[index] = programs[key]
         self._gates = None if when is None else Gates(steerer, when)
+        # Gates read at the first steering layer itself join its steering program: one pass.
+        first = min(steerer.layers)
+        self._fused = None if self._gates is None else self._gates.fused(first, self._programs[first])
+        self._fused_layer = first
         self._needs_index = positions != "all" or prefix_length > 0 or self._gates is not None
         self._needs_columns = mask is not None
         self._needs_fresh = True  # the readout (and the gates' state) start over with each text
@@ -373,7 +377,7 @@ class SteeringHooks(_Hooks):
 
     def _apply_more(self):
         # Gate concepts are read before any steering hook of their layer runs.
-        for index in [] if self._gates is None else self._gates.gate_layers():
+        for index in [] if self._gates is None or self._fused is not None else self._gates.gate_layers():
             module = self._steerer._modules[index]
             hook = _LayerHook(self._on_gate_layer, index)
             self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
@@ -414,6 +418,8 @@ class SteeringHooks(_Hooks):
 
     def _on_layer(self, index, hidden):
         rows = self._rows_for(hidden)
+        if self._fused is not None and index == self._fused_layer:
+            return self._on_fused_layer(index, hidden, rows)
         if rows is not False and self._gates is not None:
             rows = _both(rows, self._gates.rows(hidden))
         program = self._programs[index]
@@ -428,6 +434,26 @@ class SteeringHooks(_Hooks):
             program.dictionary.bias,
         )
         self.readout[index]._add(acts, rows)
+
+    def _on_fused_layer(self, index, hidden, rows):
+        """Gate and steered concepts in one op call: the kernel writes a row only if its gate passes."""
+        fused, program, batch = self._fused, self._programs[index], hidden.shape[0]
+        acts = ops.steer_prepared_(
+            hidden,
+            program.dictionary.weight,
+            fit_batch(fused.ids, batch, "concepts"),
+            fit_batch(fused.coeffs, batch, "concepts"),
+            "detect" if rows is False else self.mode,
+            None if rows is False else rows,
+            program.dictionary.bias,
+            fit_batch(fused.bounds, batch, "when"),
+            fit_batch(fused.gate_all, batch, "when"),
+        )
+        steering, gate_acts = acts[..., : fused.steering_slots], acts[..., fused.steering_slots :]
+        self._gates.record_fused(gate_acts, self._pass_rows, self.prefix_length)
+        steered = False if rows is False else _both(rows, self._gates.rows(hidden))
+        self.readout[index]._add(steering, steered)
+        self.readout[index]._add_gate(gate_acts)
 
 
 class SteeringLayerReadout:

@@ -105,12 +105,40 @@ def test_gate_at_the_steering_layer_reads_the_rows_before_they_are_steered(gemma
     tau = median_threshold(acts, real)
     steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER])
     hooked, hooks = hooked_output(gemma, steerer, batch, when=Condition(GATE, above=tau, layer=STEER_LAYER))
-    assert torch.equal(hooked, steered_by_hand(plain, dictionary, (acts > tau) & real))
+    torch.testing.assert_close(hooked, steered_by_hand(plain, dictionary, (acts > tau) & real), rtol=1e-5, atol=1e-5)
+    assert torch.equal(hooked[~((acts > tau) & real)], plain[~((acts > tau) & real)])
     readout = hooks.readout[STEER_LAYER]
     torch.testing.assert_close(readout.gate_acts[..., 0], acts, rtol=1e-5, atol=1e-4)
     ids, _ = steering_program(dictionary, CONCEPTS, FACTORS)
     _, steered_acts = reference.steer(plain, dictionary.weight, ids, torch.zeros(ids.shape), mode="detect")
     torch.testing.assert_close(readout.acts, steered_acts, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp"])
+def test_fused_gate_at_the_steering_layer_equals_reading_then_steering(gemma, dictionary, mode):
+    # Gates at the first steering layer, on its dictionary, go into its op call: the kernel reads
+    # each row once and writes it only where the gate passes. Layer 2 follows the same gate.
+    batch = random_batch(LENGTHS, gemma.config.vocab_size, padding_side="right")
+    real = batch["attention_mask"].bool()
+    plain = unhooked_outputs(gemma, batch, [STEER_LAYER])[STEER_LAYER]
+    a5, a6 = gate_acts(plain, dictionary, 5), gate_acts(plain, dictionary, 6)
+    t5, t6 = median_threshold(a5, real), median_threshold(a6, real)
+    when = [any_of(Condition(5, above=t5, layer=1), Condition(6, below=t6, layer=1)), None,
+            all_of(Condition(5, above=t5, layer=1), Condition(6, below=t6, layer=1))]
+    rows = torch.stack([(a5[0] > t5) | (a6[0] < t6), torch.ones_like(real[1]), (a5[2] > t5) & (a6[2] < t6)]) & real
+    steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER, 2])
+    hooks = steerer.steer(CONCEPTS, FACTORS, mode=mode, when=when)
+    assert hooks._fused is not None
+    with hooks, recording(gemma.model.layers[STEER_LAYER]) as (_, after), torch.no_grad():
+        gemma(**batch)
+    expected = steered_by_hand(plain, dictionary, rows, mode)
+    torch.testing.assert_close(after[0], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after[0][~rows], plain[~rows])
+    for layer in (STEER_LAYER, 2):
+        assert torch.equal(hooks.readout[layer].steered, rows)
+    read = hooks.readout[STEER_LAYER].gate_acts
+    torch.testing.assert_close(read[[0, 2]], torch.stack([a5, a6], -1)[[0, 2]], rtol=1e-5, atol=1e-4)
+    assert not read[1].any()  # an unconditioned sequence has no gate slot: its gate acts are 0
 
 
 def test_below_any_of_all_of_and_unconditioned_sequences(gemma, dictionary):
