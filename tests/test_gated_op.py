@@ -21,6 +21,7 @@ CASES = [
     (torch.float32, False, 7, 1, 2, True, "clamp", True),
     (torch.bfloat16, False, 2304, 4, 2, False, "add", True),
     (torch.bfloat16, True, 2053, 6, 3, True, "clamp", False),
+    (torch.bfloat16, False, 2304, 5, 2, True, "add", False),
     (torch.float16, False, 3584, 2, 1, True, "add", False),
     (torch.float16, True, 769, 60, 4, False, "add", False),
     (torch.float32, True, 2304, 8, 56, True, "add", False),
