@@ -494,6 +494,7 @@ def bench_e2e(args, device) -> dict:
     print(bench.e2e_table(result))
     print(f"steerkern against the plain hook: {100 * result['steerkern_over_forward_hook']:.1f}% of its speed "
           "(median of the ratios within each repeat)")
+    print(f"conditional steering against unconditional: {100 * result['conditional_over_steerkern']:.1f}% of its speed")
     print(f"steerkern and the plain hook generate the same tokens: {'yes' if result['steered_tokens_agree'] else 'no'}")
     return result
 
