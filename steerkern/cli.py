@@ -438,7 +438,11 @@ def cmd_bench(args) -> int:
         except OSError as error:
             raise UsageError(f"--json {args.json}: {error.strerror}") from None
         print(f"\nwrote every figure to {args.json}")
-    return 0
+    # A baseline that cannot run only leaves a gap; the fused op failing fails the run.
+    failed = bench.fused_failures(report.get("cases", []))
+    for line in failed:
+        print(f"the fused op failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def bench_kernels(args, device) -> list[dict]:
