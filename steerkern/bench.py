@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__, reference
+from . import __version__, floors, reference
 from ._backend import build_info
 from .dictionary import ConceptDictionary
 from .conditions import Condition
@@ -361,13 +361,8 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     device = workload.inputs[0]["hidden"].device
     on_cuda = device.type == "cuda"
     clock = _CudaClock() if on_cuda else _CpuClock()
-    # Inputs larger than the CPU's last-level cache cannot stay in it between calls, in use as in
-    # here, but what is left of them depends on which provider ran before: such rounds are one call
-    # each, after evicting the caches (a second call would find the first one's data).
-    input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
-    cache_bytes = 0 if on_cuda else _last_level_cache_bytes()
-    cold = not on_cuda and input_bytes > cache_bytes
-    evict = _CpuCacheEviction(cache_bytes) if cold else (lambda: None)
+    cold = evicts_caches(workload)
+    evict = _CpuCacheEviction(_last_level_cache_bytes()) if cold else (lambda: None)
     runner_type = _GraphRunner if workload.case.graph else _EagerRunner
     timings, plans = {}, {}
     with torch.no_grad():
@@ -401,6 +396,17 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     return timings
 
 
+def evicts_caches(workload: Workload) -> bool:
+    """Whether each timed CPU call starts from evicted caches. Inputs larger than the last-level
+    cache are timed back to back, in the steady state a model's layers run in (their activations
+    just written, partly in cache); inputs that fit would stay in cache from one call to the
+    next, which a model never repeats, so each of their rounds is one call after an eviction."""
+    if workload.inputs[0]["hidden"].device.type == "cuda":
+        return False
+    input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
+    return input_bytes <= _last_level_cache_bytes()
+
+
 def _release(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -423,8 +429,14 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         providers[name] = entry
     fused = _median(timings, "steerkern")
     ratios = {f"steerkern_speedup_vs_{name}": _median(timings, name) / fused for name in timings if name not in ("steerkern", "roof", "matmul")}
+    floor = {}
     if case.op == "steer":
         ratios["steerkern_over_roof"] = fused / _median(timings, "roof")
+        if not math.isnan(_median(timings, "roof")):
+            seconds = floors.steer_floors(case, _median(timings, "roof"), workload.inputs[0]["hidden"].device)
+            binds, floor_s = floors.binding(seconds)
+            floor = {"floors_s": seconds, "binding_floor": binds}
+            ratios["steerkern_over_floor"] = fused / floor_s
     else:
         ratios["steerkern_over_matmul"] = fused / _median(timings, "matmul")
     batch, seq_len, d = case.shape
@@ -433,8 +445,10 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         "label": case.label(),
         "hidden_shape": [batch, seq_len, d],
         "input_copies": len(workload.inputs),
+        "timed": "after eviction" if evicts_caches(workload) else "back to back",
         "bytes_moved": workload.bytes_moved,
         "flops": workload.flops,
+        **floor,
         "providers": providers,
         "ratios": {name: value for name, value in ratios.items() if not math.isnan(value)},
     }
@@ -500,7 +514,8 @@ def _speedup_columns(results, names):
 def steer_table(results) -> str:
     results = [result for result in results if result["case"]["op"] == "steer"]
     baselines = _speedup_columns(results, ("reference", "compile", "naive"))
-    headers = ["mode", "program", "K", "dtype", "T", "d", "roof", "steerkern", "GB/s", "% roof", "op/roof"]
+    headers = ["mode", "program", "K", "dtype", "T", "d", "roof", "steerkern", "GB/s", "% roof", "op/roof",
+               "compute", "gather", "binds", "op/floor"]
     headers += [f"vs {name}" for name in baselines]
     rows = []
     for result in results:
@@ -516,6 +531,8 @@ def steer_table(results) -> str:
             format_time(_get(fused, "median_s")),
             f"{fused['gb_per_s']:.1f}" if "gb_per_s" in fused else "n/a",
             _ratio(100 / over_roof, 0, "%"), _ratio(over_roof),
+            format_time(_get(result.get("floors_s"), "compute")), format_time(_get(result.get("floors_s"), "gather")),
+            result.get("binding_floor", "n/a"), _ratio(ratios.get("steerkern_over_floor", math.nan)),
             *(_ratio(ratios.get(f"steerkern_speedup_vs_{name}", math.nan), 1) for name in baselines),
         ])
     return format_table(headers, rows) if rows else ""

@@ -465,7 +465,9 @@ def bench_kernels(args, device) -> list[dict]:
         cases, device, providers=args.providers, rounds=rounds, budget_s=args.budget,
         progress=lambda case: print(f"  {case.label()}", file=sys.stderr, flush=True),
     )
-    for title, table in (("steer_ (fused op vs roof = buf.mul_(1.0) over the same bytes in float32)", bench.steer_table(results)),
+    for title, table in (("steer_ (fused op vs roof = buf.mul_(1.0) over the same bytes in float32; floors: memory = roof, compute = "
+                          "FLOPs at the float32 matmul peak, gather = dictionary reads at the pool's cache bandwidth)",
+                          bench.steer_table(results)),
                          ("dense detect, reduce='max' (vs the bare matmul)", bench.dense_table(results))):
         if table:
             print(f"\n{title}\n{table}")
