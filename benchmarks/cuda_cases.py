@@ -46,8 +46,9 @@ def _on_cuda(tensor, offset=0):
     return view
 
 
-def steer_case(hidden_dtype, dict_dtype, d, mode, slots, program, offsets=(0, 0), seed=0):
-    """One call of the raw op on a small problem, checked against the reference on the CPU."""
+def steer_case(hidden_dtype, dict_dtype, d, mode, slots, program, offsets=(0, 0), gates=0, seed=0):
+    """One call of the raw op on a small problem, checked against the reference on the CPU. The
+    last ``gates`` slots are gate slots (above 0.3), all of them or one of them per program."""
     gen = torch.Generator().manual_seed(seed)
     batch, seq = 2, 3
     hidden = torch.randn(batch, seq, d, generator=gen).to(hidden_dtype)
@@ -58,11 +59,18 @@ def steer_case(hidden_dtype, dict_dtype, d, mode, slots, program, offsets=(0, 0)
     bias = 0.1 * torch.randn(N_CONCEPTS, generator=gen)
     if program == "row":
         mask = None
-    expected_hidden, expected_acts = reference.steer(hidden, dictionary, ids, coeffs, mode=mode, mask=mask, bias=bias)
+    bounds = gate_all = None
+    if gates:
+        bounds = torch.full((*program_shape, 2), math.nan)
+        bounds[..., slots - gates :, 0], bounds[..., slots - gates :, 1] = 0.3, math.inf
+        gate_all = torch.rand(program_shape[:-1], generator=gen) < 0.5
+    expected_hidden, expected_acts = reference.steer(hidden, dictionary, ids, coeffs, mode=mode, mask=mask, bias=bias,
+                                                     gate_bounds=bounds, gate_all=gate_all)
     work = _on_cuda(hidden, offsets[0])
+    cuda = lambda tensor: None if tensor is None else tensor.cuda()  # noqa: E731
     acts = torch.ops.steerkern.steer_(
-        work, _on_cuda(dictionary, offsets[1]), ids.cuda(), coeffs.cuda(), mode,
-        None if mask is None else mask.cuda(), bias.cuda(),
+        work, _on_cuda(dictionary, offsets[1]), ids.cuda(), coeffs.cuda(), mode, cuda(mask), bias.cuda(),
+        cuda(bounds), cuda(gate_all),
     )
     assert_acts_close(acts.cpu(), expected_acts, d)
     assert_hidden_close(work.cpu(), expected_hidden)
@@ -75,8 +83,10 @@ def sanitizer_cases(with_detect: bool, quick: bool) -> int:
             if not quick or d == 2304:
                 cases.append((h, w, d, "add", 3, "sequence", (0, 0)))  # the fused add, masked rows
             cases.append((h, w, d, "clamp", 11, "row", (0, 0)))  # two tiles, then the update pass
+        cases.append((h, w, 769, "clamp", 5, "row", (0, 0), 2))  # gate slots decide the write
         if quick:
             continue
+        cases.append((h, w, 2304, "add", 4, "sequence", (0, 0), 1))
         cases.append((h, w, 769, "detect", 5, "sequence", (0, 0)))
         cases.append((h, w, 2304, "add", 11, "row", (1, 1)))  # misaligned alike: 16-byte dictionary loads
         cases.append((h, w, 769, "add", 3, "row", (1, 0)))  # misaligned apart: element loads
