@@ -497,19 +497,26 @@ def _row_flags(rows, shape, device):
     return torch.full(tuple(shape), rows is None, dtype=torch.bool, device=device)
 
 
-class SteeringReadout:
-    """``readout[layer]`` for each steered or gate layer (see ``SteeringLayerReadout``)."""
+class _ByLayer:
+    """``readout[layer]`` (negative layers count from the end) and the layers read."""
 
-    def __init__(self, layers: list[int], num_layers: int):
-        self._layers = {layer: SteeringLayerReadout(layer) for layer in layers}
+    def __init__(self, layers: dict, num_layers: int):
+        self._layers = layers
         self._num_layers = num_layers
 
-    def __getitem__(self, layer: int) -> SteeringLayerReadout:
+    def __getitem__(self, layer: int):
         return self._layers[resolve_layer_indices(layer, self._num_layers)[0]]
 
     @property
     def layers(self) -> list[int]:
         return list(self._layers)
+
+
+class SteeringReadout(_ByLayer):
+    """``readout[layer]`` for each steered or gate layer (see ``SteeringLayerReadout``)."""
+
+    def __init__(self, layers: list[int], num_layers: int):
+        super().__init__({layer: SteeringLayerReadout(layer) for layer in layers}, num_layers)
 
     def _clear(self):
         for layer in self._layers.values():
@@ -573,20 +580,9 @@ class LayerReadout:
             self._per_token.append(per_token)
 
 
-class Readout:
+class Readout(_ByLayer):
     """Detection results by layer: ``readout[layer]``, or ``scores`` / ``per_token`` / ``top_k``
     directly when one layer is hooked."""
-
-    def __init__(self, layers: dict[int, LayerReadout], num_layers: int):
-        self._layers = layers
-        self._num_layers = num_layers
-
-    def __getitem__(self, layer: int) -> LayerReadout:
-        return self._layers[resolve_layer_indices(layer, self._num_layers)[0]]
-
-    @property
-    def layers(self) -> list[int]:
-        return list(self._layers)
 
     def _only(self) -> LayerReadout:
         if len(self._layers) != 1:

@@ -9,9 +9,8 @@ from transformers import CompileConfig
 
 import steerkern
 from steerkern import Condition, all_of, any_of, reference
-from steerkern.dictionary import ConceptDictionary
 from steerkern.hooks import Steerer, steering_program
-from tests.test_hooks import recording
+from tests.test_hooks import dictionary, gemma, recording  # noqa: F401 (fixtures)
 from tests.tiny_models import random_batch, tiny_gemma2
 
 GATE_LAYER, STEER_LAYER = 0, 1
@@ -19,20 +18,6 @@ GATE = 5
 CONCEPTS = [[3], [4, 7], [3]]
 FACTORS = [[1.5], [0.5, -2.0], [2.0]]
 LENGTHS = [6, 9, 4]
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    return tiny_gemma2()
-
-
-@pytest.fixture(scope="module")
-def dictionary(gemma):
-    generator = torch.Generator().manual_seed(3)
-    rows = torch.randn(11, gemma.config.hidden_size, generator=generator)
-    rows = rows / rows.norm(dim=-1, keepdim=True) * 4
-    return ConceptDictionary(rows, max_act=torch.rand(11, generator=generator) + 0.5,
-                             concepts=[f"topic {i}" for i in range(11)])
 
 
 def unhooked_outputs(model, batch, layers):
@@ -182,12 +167,12 @@ def test_prompt_scope_decides_once_from_the_prompt_rows(gemma, dictionary, reduc
     kept = torch.where(counted, acts, torch.zeros_like(acts))
     scores = {"max": kept.amax(1), "mean": kept.sum(1) / counted.sum(1),
               "last": acts[:, -1]}[reduce]  # left padding: the last column is each prompt's last row
-    tau = float(scores.sort().values[1] - 1e-4)  # two of the three sequences pass
+    tau = float(scores.min() + scores.max()) / 2  # some sequences pass, some do not
     steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER])
     gate = Condition(GATE, above=tau, layer=GATE_LAYER, scope="prompt", reduce=reduce)
     out, readout = generate_with(gemma, steerer, batch, prefix_length=1, when=gate)
     decided = scores > tau
-    assert decided.tolist().count(True) == 2
+    assert 0 < decided.sum() < len(decided)
     rows = counted_rows(batch, out, 1)
     steered = readout[STEER_LAYER].steered
     assert steered.shape == rows.shape
