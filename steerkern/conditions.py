@@ -12,7 +12,12 @@ once per sequence from its prompt rows (``reduce`` = max, mean or the last row's
 every row of a sequence that passes, prompt and generated; ``"latched"`` steers a sequence from the
 first row whose score passes on, the latch carried across decode steps in a device tensor and
 cleared when a pass starts from an empty cache. Rows before ``prefix_length`` and padding never
-fire a gate.
+fire a gate. Latches and decisions belong to batch rows: beam search, which reorders its cache
+between steps, does not carry them with its beams.
+
+A gate read at the first steering layer itself, token-scoped and on that layer's dictionary,
+joins the layer's op call (the op reads each row once and writes it where the gate passes);
+other gates at a steering layer are read by a detect-mode pass just before it.
 """
 
 from __future__ import annotations
@@ -101,7 +106,7 @@ def _as_combination(when) -> tuple[bool, tuple[Condition, ...]] | None:
     raise TypeError(f"when= takes a Condition, any_of(...), all_of(...) or a list of them per sequence, got {when!r}")
 
 
-_TOKEN, _PROMPT, _LATCHED = range(3)
+_PROMPT, _LATCHED = SCOPES.index("prompt"), SCOPES.index("latched")
 
 
 class _GateLayer:
@@ -209,15 +214,16 @@ class Gates:
     sequence combines its conditions into the row gate at the steering layers."""
 
     def __init__(self, steerer, when):
-        per_sequence = list(when) if isinstance(when, (list, tuple)) else [when]
+        per_sequence = list(when) if isinstance(when, list) else [when]
         if not per_sequence:
             raise ValueError("when= lists no sequences")
+        self.sequences = len(per_sequence)
         combinations = [_as_combination(item) for item in per_sequence]
         if all(item is None for item in combinations):
             raise ValueError("when= holds no Condition")
         first_steered = min(steerer.layers)
         slots = {}  # (layer, dictionary) -> per sequence [(row, condition)]
-        copies = {}
+        copies = {}  # key -> (source, its copy): the source stays alive, so its id stays its own
         for b, combination in enumerate(combinations):
             for condition in combination[1] if combination else ():
                 layer, source = self._gate_source(steerer, condition, first_steered)
@@ -225,9 +231,13 @@ class Gates:
                 key = (layer, id(source))
                 if key not in slots:
                     slots[key] = [[] for _ in per_sequence]
-                    copies[key] = steerer.dictionary_copy(source, layer)
+                    # The steerer's own dictionaries are shared; one a condition brings is copied
+                    # for these gates alone, so the steerer does not keep it.
+                    copy = steerer.placed(source, layer) if condition.dictionary is not None else \
+                        steerer.dictionary_copy(source, layer)
+                    copies[key] = (source, copy)
                 slots[key][b].append((row, condition))
-        self.layers = [_GateLayer(key[0], copies[key], slots[key]) for key in sorted(slots)]
+        self.layers = [_GateLayer(key[0], copies[key][1], slots[key]) for key in sorted(slots)]
         # Columns of the concatenated gate flags that belong to each sequence, and how they combine.
         device = steerer._layers[first_steered].dictionary.device
         self._valid = torch.cat([(gate.ids >= 0) for gate in self.layers], dim=1).to(device)
@@ -283,7 +293,9 @@ class Gates:
         if len(self._flags) != len(self.layers):
             raise RuntimeError("the gate layers did not run before the steering layer in this forward pass")
         batch, device = hidden.shape[0], hidden.device
-        flags = torch.cat([self._flags[position] for position in range(len(self.layers))], dim=2)
+        # A model split across devices reads its gates on their layers' devices.
+        flags = torch.cat([self._flags[position].to(device, non_blocking=True) for position in range(len(self.layers))],
+                          dim=2)
         valid = _fit(self._valid, batch).to(device)[:, None, :]
         every = _fit(self._all, batch).to(device)[:, None]
         conditioned = _fit(self._conditioned, batch).to(device)[:, None]
@@ -309,7 +321,8 @@ class FusedGate:
     def __init__(self, gate: _GateLayer, steering, gate_all):
         self.steering_slots = steering.ids.shape[1]
         batch = max(steering.ids.shape[0], gate.ids.shape[0])
-        steering_ids, steering_coeffs = _fit(steering.ids, batch), _fit(steering.coeffs, batch)
+        steering_ids = fit_batch(steering.ids, batch, "concepts")
+        steering_coeffs = fit_batch(steering.coeffs, batch, "concepts")
         gate_ids = _fit(gate.ids, batch)
         self.ids = torch.cat([steering_ids, gate_ids], dim=1)
         self.coeffs = torch.cat([steering_coeffs, torch.zeros_like(gate_ids, dtype=torch.float32)], dim=1)

@@ -163,7 +163,9 @@ class Steerer:
             indices = resolve_layer_indices(layers, count)
             per_layer = dict.fromkeys(indices, as_dictionary(dictionary))
         self._width = hidden_size(model)
-        self._copies = {}  # one copy per (dictionary, device, dtype), shared by the layers that match
+        # One copy per (dictionary, device, dtype), shared by the layers that match; each entry
+        # keeps its source alive, so that no other dictionary can take its id.
+        self._copies = {}
         self.model = model
         self._stack = found.stack
         self._modules = found.layers
@@ -198,13 +200,18 @@ class Steerer:
 
     def dictionary_copy(self, source: ConceptDictionary, layer: int) -> ConceptDictionary:
         """``source`` on decoder layer ``layer``'s device and dtype, made once and shared."""
-        if self._width is not None:
-            source.check_hidden_size(self._width, where=f"model (layer {layer})")
         device, dtype = module_device_and_dtype(self._modules[layer])
         key = (id(source), device, dtype)
         if key not in self._copies:
-            self._copies[key] = source.to(device=device, dtype=dtype)
-        return self._copies[key]
+            self._copies[key] = (source, self.placed(source, layer))
+        return self._copies[key][1]
+
+    def placed(self, source: ConceptDictionary, layer: int) -> ConceptDictionary:
+        """A new copy of ``source`` on decoder layer ``layer``'s device and dtype."""
+        if self._width is not None:
+            source.check_hidden_size(self._width, where=f"model (layer {layer})")
+        device, dtype = module_device_and_dtype(self._modules[layer])
+        return source.to(device=device, dtype=dtype)
 
     def steer(
         self, concepts, factors=None, *, mode="add", positions="all", prefix_length=0, mask=None, when=None
@@ -356,6 +363,10 @@ class SteeringHooks(_Hooks):
                 programs[key] = _Program(layer.dictionary, ids.to(key[1]), coeffs.to(key[1]))
             self._programs[index] = programs[key]
         self._gates = None if when is None else Gates(steerer, when)
+        if self._gates is not None:
+            programs, conditions = next(iter(self._programs.values())).ids.shape[0], self._gates.sequences
+            if min(programs, conditions) > 1 and programs != conditions:
+                raise ValueError(f"when= lists {conditions} sequences but concepts lists {programs}")
         # Gates read at the first steering layer itself join its steering program: one pass.
         first = min(steerer.layers)
         self._fused = None if self._gates is None else self._gates.fused(first, self._programs[first])

@@ -82,16 +82,21 @@ def test_token_gate_equals_detect_then_steer_by_hand(dictionary, dtype, padding_
     torch.testing.assert_close(hooks.readout[GATE_LAYER].gate_acts[..., 0], acts, rtol=1e-5, atol=1e-4)
 
 
-def test_gate_at_the_steering_layer_reads_the_rows_before_they_are_steered(gemma, dictionary):
-    batch = random_batch(LENGTHS, gemma.config.vocab_size)
+def test_a_latched_gate_at_the_steering_layer_reads_the_rows_before_they_are_steered(gemma, dictionary):
+    # Not a token gate, so not fused: a detect-mode pass reads the gate at the layer's output,
+    # then the steering pass writes the rows from the first one that fires on.
+    batch = random_batch(LENGTHS, gemma.config.vocab_size, padding_side="right")
     real = batch["attention_mask"].bool()
     plain = unhooked_outputs(gemma, batch, [STEER_LAYER])[STEER_LAYER]
     acts = gate_acts(plain, dictionary)
-    tau = median_threshold(acts, real)
+    tau = float(torch.quantile(acts[real], 0.7))
     steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER])
-    hooked, hooks = hooked_output(gemma, steerer, batch, when=Condition(GATE, above=tau, layer=STEER_LAYER))
-    torch.testing.assert_close(hooked, steered_by_hand(plain, dictionary, (acts > tau) & real), rtol=1e-5, atol=1e-5)
-    assert torch.equal(hooked[~((acts > tau) & real)], plain[~((acts > tau) & real)])
+    gate = Condition(GATE, above=tau, layer=STEER_LAYER, scope="latched")
+    hooked, hooks = hooked_output(gemma, steerer, batch, when=gate)
+    assert hooks._fused is None
+    rows = torch.cummax(((acts > tau) & real).long(), dim=1).values.bool() & real
+    assert 0 < rows.sum() < real.sum()
+    assert torch.equal(hooked, steered_by_hand(plain, dictionary, rows))
     readout = hooks.readout[STEER_LAYER]
     torch.testing.assert_close(readout.gate_acts[..., 0], acts, rtol=1e-5, atol=1e-4)
     ids, _ = steering_program(dictionary, CONCEPTS, FACTORS)
@@ -237,14 +242,16 @@ def test_static_cache_compiled_generation_with_a_gate_matches_eager(dictionary):
         (Condition("no such topic", above=0.1, layer=0), ValueError, "unknown gate concept 'no such topic'"),
         (Condition(99, above=0.1, layer=0), ValueError, "concept 99 is outside"),
         ("topic 5", TypeError, "when= takes a Condition"),
+        ((Condition(GATE, above=0.1, layer=0), Condition(6, above=0.1, layer=0)), TypeError, "when= takes a Condition"),
         ([None, None, None], ValueError, "holds no Condition"),
+        ([Condition(GATE, above=0.1, layer=0)] * 2, ValueError, "when= lists 2 sequences but concepts lists 3"),
     ],
 )
-def test_bad_conditions_are_refused_before_any_hook_is_registered(gemma, dictionary, when, error, message):
+def test_bad_conditions_are_refused_when_the_hooks_are_made(gemma, dictionary, when, error, message):
     steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER])
     with pytest.raises(error, match=message):
         steerer.steer(CONCEPTS, FACTORS, when=when)
-    assert not any(module._forward_hooks or module._forward_pre_hooks for module in gemma.modules())
+
 
 
 @pytest.mark.parametrize(
@@ -264,3 +271,13 @@ def test_bad_condition_arguments(kwargs, message):
         Condition(GATE, **kwargs)
     with pytest.raises(TypeError, match="one level"):
         any_of(all_of(Condition(GATE, above=0.1, layer=0)))
+
+
+def test_a_dictionary_a_condition_brings_is_the_one_its_gate_reads(gemma, dictionary):
+    # Each steer() call's gate reads the rows it was given, and the steerer keeps no copy of them.
+    steerer = Steerer(gemma, dictionary, layers=[STEER_LAYER])
+    for seed in range(40):
+        rows = torch.randn(4, gemma.config.hidden_size, generator=torch.Generator().manual_seed(seed))
+        hooks = steerer.steer(CONCEPTS, FACTORS, when=Condition(0, above=0.1, layer=0, dictionary=rows))
+        assert torch.equal(hooks._gates.layers[0].dictionary.weight, rows)
+    assert len(steerer._copies) == 1
