@@ -1,0 +1,118 @@
+"""Steered generation in vllm.LLM equals each request run alone through transformers + Steerer.
+
+A bad program is refused with vLLM's request-validation error (``VLLMValidationError``, HTTP 400
+over the server; steerkern's ValueError is its cause) for that request alone.
+"""
+
+import math
+
+import pytest
+import tiny
+from vllm.exceptions import VLLMValidationError
+
+import steerkern.vllm as skv
+
+NEW_TOKENS = 8
+
+# One batch mixing every kind of program with unsteered requests; prompts longer than the
+# sliding window, and longer than the step's token budget (chunked prefill).
+MIXED = [
+    (tiny.prompt(40, 0), None),
+    (tiny.prompt(23, 1), skv.program(3, 2.0)),
+    (tiny.prompt(9, 2), skv.program([4, "topic 7"], [1.5, -2.0], prefix_length=3)),
+    (tiny.prompt(30, 3), skv.program(5, 1.5, mode="clamp")),
+    (tiny.prompt(18, 4), skv.program([6, 10], [1.0, 1.5], mode="clamp", prefix_length=2)),
+    (tiny.prompt(27, 5), skv.program(8, 2.0, positions="prompt")),
+    (tiny.prompt(35, 6), skv.program(9, 2.0, positions="generation")),
+    (tiny.prompt(20, 7), None),
+]
+ADD_ONLY = [request for request in MIXED if request[1] is None or request[1]["steerkern_mode"] == "add"]
+
+
+def check_against_oracle(oracle, requests, outputs):
+    for (tokens, program), completions in zip(requests, outputs):
+        expected = oracle(tokens, NEW_TOKENS, program)
+        if program is not None:  # the comparison says something only if steering changes the tokens
+            assert expected != oracle(tokens, NEW_TOKENS, None), program
+        for completion in completions:
+            assert completion == expected, program
+
+
+@pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
+def test_mixed_batch_equals_each_request_alone_in_hf(model_dir, dictionary_file, oracle, enforce_eager):
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=enforce_eager) as llm:
+        check_against_oracle(oracle, MIXED, tiny.vllm_generate(llm, MIXED, NEW_TOKENS))
+        # n > 1: every completion of a request carries its program
+        check_against_oracle(oracle, MIXED[:4], tiny.vllm_generate(llm, MIXED[:4], NEW_TOKENS, n=2))
+
+
+def test_add_only_engine_adds_into_the_layer_output(model_dir, dictionary_file, oracle):
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=True, clamp=False) as llm:
+        check_against_oracle(oracle, ADD_ONLY, tiny.vllm_generate(llm, ADD_ONLY, NEW_TOKENS))
+        with pytest.raises(VLLMValidationError, match="add programs only"):
+            tiny.vllm_generate(llm, [(tiny.prompt(9, 0), skv.program(1, 1.0, mode="clamp"))], NEW_TOKENS)
+
+
+def test_one_layer_one_concept_program(model_dir, dictionary_file, oracle):
+    requests = [(tiny.prompt(12, 8), skv.program("topic 2", 3.0)), (tiny.prompt(14, 9), None)]
+    with tiny.engine(model_dir, dictionary_file, layers=[-1], enforce_eager=True) as llm:
+        outputs = tiny.vllm_generate(llm, requests, NEW_TOKENS)
+    for (tokens, program), completions in zip(requests, outputs):
+        assert completions[0] == oracle(tokens, NEW_TOKENS, program, layers=[tiny.LAYERS - 1])
+
+
+def test_prefix_cache_is_never_shared_across_programs(model_dir, dictionary_file, oracle):
+    from vllm import SamplingParams, TokensPrompt
+
+    tokens = tiny.prompt(48, 10)  # three full blocks of 16
+    programs = [None, skv.program(3, 2.0), skv.program(3, 2.0, mode="clamp"), skv.program(3, 2.0), None]
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=True) as llm:
+        cached = []
+        for program in programs:  # one at a time: each may reuse what the earlier ones cached
+            params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, extra_args=program)
+            (output,) = llm.generate([TokensPrompt(prompt_token_ids=tokens)], [params], use_tqdm=False)
+            assert list(output.outputs[0].token_ids) == oracle(tokens, NEW_TOKENS, program), program
+            cached.append(output.num_cached_tokens)
+    assert cached[0] == 0 and cached[1] == 0 and cached[2] == 0  # nothing reused across programs
+    assert cached[3] > 0 and cached[4] > 0  # the same program, and unsteered requests, still share
+
+
+BAD_PROGRAMS = [
+    ({"steerkern_concepts": [99], "steerkern_factors": [1.0]}, "outside the dictionary"),
+    ({"steerkern_concepts": ["no such topic"]}, "no such topic"),
+    ({"steerkern_concepts": [1], "steerkern_factors": [math.nan]}, "finite"),
+    ({"steerkern_concepts": [1], "steerkern_factors": [math.inf]}, "finite"),
+    ({"steerkern_concepts": [1, 2], "steerkern_factors": [1.0]}, "2 concepts but 1 factors"),
+    ({"steerkern_concepts": [1, 2, 3, 4, 5], "steerkern_factors": [1.0] * 5}, "max_concepts=4"),
+    ({"steerkern_concepts": [1], "steerkern_mode": "scale"}, "mode must be"),
+    ({"steerkern_concepts": [1], "steerkern_positions": "middle"}, "positions must be"),
+    ({"steerkern_concepts": [1], "steerkern_prefix_length": -1}, "prefix_length"),
+    ({"steerkern_concept": [1]}, "unknown program keys"),
+]
+
+
+def test_bad_programs_are_refused_alone_and_the_engine_keeps_serving(model_dir, dictionary_file, oracle):
+    good = (tiny.prompt(15, 11), skv.program(2, 2.0))
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=True) as llm:
+        for program, message in BAD_PROGRAMS:
+            with pytest.raises(VLLMValidationError, match=message):
+                tiny.vllm_generate(llm, [good, (tiny.prompt(10, 12), program)], NEW_TOKENS)
+        check_against_oracle(oracle, [good], tiny.vllm_generate(llm, [good], NEW_TOKENS))
+
+
+def test_a_dictionary_of_another_width_fails_engine_start(tmp_path, model_dir):
+    import torch
+
+    from steerkern import ConceptDictionary
+
+    path = tmp_path / "narrow.safetensors"
+    ConceptDictionary(torch.randn(4, tiny.HIDDEN // 2)).save(path)
+    with pytest.raises(Exception, match="d=64 but the model \\(layer 1\\)'s hidden size is 128"):
+        with tiny.engine(model_dir, str(path), enforce_eager=True):
+            pass
+
+
+def test_an_unreadable_dictionary_is_named(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(ValueError, match="missing.safetensors"):
+        skv.engine_args(dictionary=str(missing), layers=[1])
