@@ -1,4 +1,4 @@
-"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect`` and ``bench``.
+"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect``, ``bench`` and ``serve``.
 
 Exit status: 0 on success, 2 with a one-line message on bad usage or bad input (an unknown
 concept, a missing file, a model that cannot be reached offline).
@@ -577,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--repeats", type=_positive_int, default=5, metavar="N", help="timed generations per variant (default: 5)")
     e2e.add_argument("--quick", action="store_true", help="the demo model at d = 256 (smoke tests)")
     bench.set_defaults(run=cmd_bench)
+
+    from .vllm import serve
+
+    serve.add_parser(commands)
     return parser
 
 

@@ -8,34 +8,12 @@ import math
 
 import pytest
 import tiny
+from tiny import MIXED, NEW_TOKENS, check_against_oracle
 from vllm.exceptions import VLLMValidationError
 
 import steerkern.vllm as skv
 
-NEW_TOKENS = 8
-
-# One batch mixing every kind of program with unsteered requests; prompts longer than the
-# sliding window, and longer than the step's token budget (chunked prefill).
-MIXED = [
-    (tiny.prompt(40, 0), None),
-    (tiny.prompt(23, 1), skv.program(3, 2.0)),
-    (tiny.prompt(9, 2), skv.program([4, "topic 7"], [1.5, -2.0], prefix_length=3)),
-    (tiny.prompt(30, 3), skv.program(5, 1.5, mode="clamp")),
-    (tiny.prompt(18, 4), skv.program([6, 10], [1.0, 1.5], mode="clamp", prefix_length=2)),
-    (tiny.prompt(27, 5), skv.program(8, 2.0, positions="prompt")),
-    (tiny.prompt(35, 6), skv.program(9, 2.0, positions="generation")),
-    (tiny.prompt(20, 7), None),
-]
 ADD_ONLY = [request for request in MIXED if request[1] is None or request[1]["steerkern_mode"] == "add"]
-
-
-def check_against_oracle(oracle, requests, outputs):
-    for (tokens, program), completions in zip(requests, outputs):
-        expected = oracle(tokens, NEW_TOKENS, program)
-        if program is not None:  # the comparison says something only if steering changes the tokens
-            assert expected != oracle(tokens, NEW_TOKENS, None), program
-        for completion in completions:
-            assert completion == expected, program
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False], ids=["eager", "compiled"])
@@ -57,8 +35,7 @@ def test_one_layer_one_concept_program(model_dir, dictionary_file, oracle):
     requests = [(tiny.prompt(12, 8), skv.program("topic 2", 3.0)), (tiny.prompt(14, 9), None)]
     with tiny.engine(model_dir, dictionary_file, layers=[-1], enforce_eager=True) as llm:
         outputs = tiny.vllm_generate(llm, requests, NEW_TOKENS)
-    for (tokens, program), completions in zip(requests, outputs):
-        assert completions[0] == oracle(tokens, NEW_TOKENS, program, layers=[tiny.LAYERS - 1])
+    check_against_oracle(oracle, requests, outputs, layers=[tiny.LAYERS - 1])
 
 
 def test_prefix_cache_is_never_shared_across_programs(model_dir, dictionary_file, oracle):

@@ -94,6 +94,39 @@ def hf_generate(model, dictionary, tokens: list[int], new_tokens: int, program: 
     return output[0, len(tokens):].tolist()
 
 
+NEW_TOKENS = 8
+
+
+def _mixed_requests() -> list:
+    """One batch mixing every kind of program with unsteered requests; prompts longer than the
+    sliding window, and longer than the engines' token budget per step (chunked prefill)."""
+    import steerkern.vllm as skv
+
+    return [
+        (prompt(40, 0), None),
+        (prompt(23, 1), skv.program(3, 2.0)),
+        (prompt(9, 2), skv.program([4, "topic 7"], [1.5, -2.0], prefix_length=3)),
+        (prompt(30, 3), skv.program(5, 1.5, mode="clamp")),
+        (prompt(18, 4), skv.program([6, 10], [1.0, 1.5], mode="clamp", prefix_length=2)),
+        (prompt(27, 5), skv.program(8, 2.0, positions="prompt")),
+        (prompt(35, 6), skv.program(9, 2.0, positions="generation")),
+        (prompt(20, 7), None),
+    ]
+
+
+MIXED = _mixed_requests()
+
+
+def check_against_oracle(oracle, requests, outputs, layers=STEERED_LAYERS):
+    """Each request's completions equal its tokens alone through transformers + Steerer."""
+    for (tokens, program), completions in zip(requests, outputs):
+        expected = oracle(tokens, NEW_TOKENS, program, layers)
+        if program is not None:  # the comparison says something only if steering changes the tokens
+            assert expected != oracle(tokens, NEW_TOKENS, None, layers), program
+        for completion in completions:
+            assert completion == expected, program
+
+
 ENGINE_DEFAULTS = dict(
     dtype="float32", max_model_len=256, seed=0, enable_prefix_caching=True,
     # Few rows and a small token budget: requests join and leave mid-batch, and the longer
