@@ -4,7 +4,8 @@
 import os
 
 # Before vLLM is imported: a small KV cache (not 15 GiB), the engine in this process (fast
-# starts), and vLLM's CI compile settings for the compiled engines.
+# starts), and vLLM's CI compile settings for the compiled engines (Dynamo traces the model
+# with the eager backend, no warm-up; the pipeline-parallel test compiles with inductor).
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
