@@ -93,3 +93,13 @@ def test_an_unreadable_dictionary_is_named(tmp_path):
     missing = tmp_path / "missing.safetensors"
     with pytest.raises(ValueError, match="missing.safetensors"):
         skv.engine_args(dictionary=str(missing), layers=[1])
+
+
+def test_the_v2_model_runner_is_refused_naming_the_switch():
+    # vLLM's CPU build cannot run the V2 runner (it needs Triton): check the model's own guard.
+    from types import SimpleNamespace
+
+    from steerkern.vllm import models
+
+    with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        models._install(None, SimpleNamespace(use_v2_model_runner=True), None)
