@@ -9,6 +9,7 @@ from the positions and the forward context's ``query_start_loc``.
 from __future__ import annotations
 
 import functools
+import time
 import weakref
 
 import torch
@@ -23,6 +24,7 @@ from vllm.model_executor.models.utils import PPMissingLayer
 from ..models import resolve_layer_indices
 from .config import SteeringConfig, load_dictionary
 from .tables import SteeringTables
+from .timing import PluginTimer
 
 # The tables of each engine's model, for the logits processor of the same worker.
 _TABLES: weakref.WeakValueDictionary[int, SteeringTables] = weakref.WeakValueDictionary()
@@ -43,7 +45,12 @@ class _SteeredLayer:
 
     def forward(self, *args, **kwargs):
         hidden, residual = super().forward(*args, **kwargs)
-        return self.steering.steer(self.steering_group, self.steering_dictionary, self.steering_bias, hidden, residual)
+        if self.steering_timer is None:
+            return self.steering.steer(self.steering_group, self.steering_dictionary, self.steering_bias, hidden, residual)
+        started = time.perf_counter()
+        steered = self.steering.steer(self.steering_group, self.steering_dictionary, self.steering_bias, hidden, residual)
+        self.steering_timer.measure(self.steering_name, started)
+        return steered
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +58,7 @@ def _steered_layer_class(layer_class: type) -> type:
     return type(f"Steered{layer_class.__name__}", (_SteeredLayer, layer_class), {})
 
 
-def _install(model: torch.nn.Module, vllm_config) -> SteeringTables:
+def _install(model: torch.nn.Module, vllm_config, timer: PluginTimer | None) -> SteeringTables:
     if vllm_config.use_v2_model_runner:
         raise RuntimeError(
             "steerkern steers through vLLM's V1 model runner (its logits processors see each request's program); "
@@ -82,6 +89,8 @@ def _install(model: torch.nn.Module, vllm_config) -> SteeringTables:
         layer.__class__ = _steered_layer_class(type(layer))
         layer.steering = tables
         layer.steering_group = sources.index(source)
+        layer.steering_name = f"layer {index}"
+        layer.steering_timer = timer if vllm_config.model_config.enforce_eager else None
         layer.register_buffer("steering_dictionary", dictionary.weight.contiguous(), persistent=False)
         layer.register_buffer("steering_bias", dictionary.bias, persistent=False)
     _TABLES[id(vllm_config)] = tables
@@ -102,10 +111,17 @@ class _SteeredCausalLM:
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.steering = _install(self, vllm_config)
+        self.steering_timer = PluginTimer.from_env()
+        self.steering = _install(self, vllm_config, self.steering_timer)
 
     def forward(self, input_ids, positions, *args, **kwargs):
-        self.steering.fill(positions, _query_start_loc())
+        started = time.perf_counter()
+        query_start_loc = _query_start_loc()
+        self.steering.fill(positions, query_start_loc)
+        if self.steering_timer is not None:
+            requests = 0 if query_start_loc is None else query_start_loc.shape[0] - 1
+            self.steering_timer.step(positions.shape[0], requests)
+            self.steering_timer.measure("fill", started)
         return super().forward(input_ids, positions, *args, **kwargs)
 
 
