@@ -11,8 +11,7 @@ PREFIX = "Steerkern"
 
 
 def steered_name(architecture: str) -> str:
-    if architecture.startswith(PREFIX):
-        return architecture
+    """The registered name of ``architecture``'s steered class (``steerkern serve``'s override)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(
             f"steerkern has no steered vLLM class for {architecture}; it steers {', '.join(ARCHITECTURES)}"
