@@ -24,6 +24,16 @@ def test_mixed_batch_equals_each_request_alone_in_hf(model_dir, dictionary_file,
         check_against_oracle(oracle, MIXED[:4], tiny.vllm_generate(llm, MIXED[:4], NEW_TOKENS, n=2))
 
 
+def test_preempted_requests_are_recomputed_with_their_programs(model_dir, dictionary_file, oracle):
+    # 12 blocks of 16 tokens shared by the 3 layers' cache groups: 64 tokens per layer, fewer than
+    # the running requests need, so the scheduler preempts some and recomputes them later.
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=True, max_model_len=64, num_gpu_blocks_override=12,
+                     disable_log_stats=False) as llm:
+        check_against_oracle(oracle, MIXED, tiny.vllm_generate(llm, MIXED, NEW_TOKENS))
+        (preemptions,) = [metric.value for metric in llm.get_metrics() if metric.name == "vllm:num_preemptions"]
+    assert preemptions > 0
+
+
 def test_add_only_engine_adds_into_the_layer_output(model_dir, dictionary_file, oracle):
     with tiny.engine(model_dir, dictionary_file, enforce_eager=True, clamp=False) as llm:
         check_against_oracle(oracle, ADD_ONLY, tiny.vllm_generate(llm, ADD_ONLY, NEW_TOKENS))
