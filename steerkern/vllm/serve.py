@@ -61,6 +61,9 @@ def server_command(args) -> tuple[list[str], dict]:
 
 
 def cmd_serve(args) -> int:
+    from . import require_vllm
+
+    require_vllm("steerkern serve")
     command, environment = server_command(args)
     print(f"steerkern serve: {' '.join(command)}", file=sys.stderr, flush=True)
     os.execve(command[0], command, environment)  # the server takes this process over: signals reach it
