@@ -48,6 +48,20 @@ def test_one_layer_one_concept_program(model_dir, dictionary_file, oracle):
     check_against_oracle(oracle, requests, outputs, layers=[tiny.LAYERS - 1])
 
 
+def test_one_dictionary_per_layer(model_dir, dictionary_file, hf_model, dictionary, tmp_path):
+    second = tiny.build_dictionary(seed=2)
+    second.save(tmp_path / "second.safetensors")
+    with tiny.engine(model_dir, {1: dictionary_file, 2: str(tmp_path / "second.safetensors")}, enforce_eager=True) as llm:
+        outputs = tiny.vllm_generate(llm, MIXED[1:5], NEW_TOKENS)
+    per_layer = {1: dictionary, 2: second}
+    differs = []
+    for (tokens, program), completions in zip(MIXED[1:5], outputs):
+        expected = tiny.hf_generate(hf_model, per_layer, tokens, NEW_TOKENS, program)
+        assert completions[0] == expected, program
+        differs.append(expected != tiny.hf_generate(hf_model, dictionary, tokens, NEW_TOKENS, program))
+    assert any(differs)  # layer 2 steering with the other dictionary shows in the tokens
+
+
 def test_prefix_cache_is_never_shared_across_programs(model_dir, dictionary_file, oracle):
     from vllm import SamplingParams, TokensPrompt
 

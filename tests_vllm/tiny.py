@@ -45,8 +45,8 @@ def build_model() -> Gemma2ForCausalLM:
     return model.eval()
 
 
-def build_dictionary() -> ConceptDictionary:
-    generator = torch.Generator().manual_seed(1)
+def build_dictionary(seed: int = 1) -> ConceptDictionary:
+    generator = torch.Generator().manual_seed(seed)
     rows = torch.randn(CONCEPTS, HIDDEN, generator=generator)
     rows = rows / rows.norm(dim=-1, keepdim=True)
     max_act = torch.rand(CONCEPTS, generator=generator) * 2 + 2
@@ -138,12 +138,14 @@ ENGINE_DEFAULTS = dict(
 
 @contextlib.contextmanager
 def engine(model_dir, dictionary_file, *, layers=STEERED_LAYERS, max_concepts=4, clamp=True, **vllm_kwargs):
-    """A steered ``vllm.LLM`` on the tiny model, shut down on leaving."""
+    """A steered ``vllm.LLM`` on the tiny model, shut down on leaving; ``dictionary_file`` may be
+    a ``{layer: file}`` mapping (then ``layers`` is ignored)."""
     from vllm import LLM
 
     import steerkern.vllm as skv
 
-    steering = skv.engine_args(dictionary=dictionary_file, layers=list(layers), max_concepts=max_concepts, clamp=clamp)
+    layers = None if isinstance(dictionary_file, dict) else list(layers)
+    steering = skv.engine_args(dictionary=dictionary_file, layers=layers, max_concepts=max_concepts, clamp=clamp)
     llm = LLM(model=model_dir, **{**ENGINE_DEFAULTS, **vllm_kwargs}, **steering)
     try:
         yield llm
