@@ -2,7 +2,7 @@
 
 As vLLM's multi-LoRA index tables: allocated once at their largest size, filled in place, read by
 ops inside the captured graph, so that no step allocates them and no host logic runs between the
-layers. Two levels:
+layers (each op call still returns its (T, K) float32 activations, its one allocation). Two levels:
 
 - per request (rows of vLLM's persistent batch): slot ids and coefficients for each dictionary,
   the positions kind, prefix length, prompt length and mode. Written on the host when requests
