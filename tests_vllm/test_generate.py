@@ -127,3 +127,27 @@ def test_the_v2_model_runner_is_refused_naming_the_switch():
 
     with pytest.raises(RuntimeError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
         models._install(None, SimpleNamespace(use_v2_model_runner=True), None)
+
+
+def test_unsteered_requests_are_bitwise_unaffected(model_dir, dictionary_file):
+    """An unsteered request's log-probabilities, next to steered ones, equal the stock engine's
+    with the same batch unsteered: nothing leaks across rows, and folding the residual stream
+    in a clamp engine changes no bit."""
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    def logprobs(llm, requests):
+        params = [SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True, logprobs=0, extra_args=program)
+                  for _, program in requests]
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=tokens) for tokens, _ in requests], params, use_tqdm=False)
+        return [[next(iter(step.values())).logprob for step in output.outputs[0].logprobs] for output in outputs]
+
+    unsteered = [(tokens, None) for tokens, _ in MIXED[:4]]
+    with tiny.engine(model_dir, dictionary_file, enforce_eager=True) as llm:
+        steered = logprobs(llm, MIXED[:4])
+    stock = LLM(model=model_dir, enforce_eager=True, **tiny.ENGINE_DEFAULTS)
+    try:
+        reference = logprobs(stock, unsteered)
+    finally:
+        stock.llm_engine.engine_core.shutdown()
+    assert MIXED[0][1] is None and steered[0] == reference[0]
+    assert steered[1] != reference[1]  # the steered neighbour did change
