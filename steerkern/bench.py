@@ -23,9 +23,10 @@ from typing import Callable
 
 import torch
 
-from . import __version__, reference
+from . import __version__, floors, reference
 from ._backend import build_info
 from .dictionary import ConceptDictionary
+from .conditions import Condition
 from .hooks import Steerer
 from .models import find_decoder_layers
 from .ops import detect, steer_
@@ -176,6 +177,7 @@ class Workload:
     providers: dict[str, Callable[[dict], object]]
     bytes_moved: int
     flops: int
+    dictionary: torch.Tensor | None = None  # the one every provider uses (to check results against)
 
 
 def _input_copies(set_bytes: int, device: torch.device) -> int:
@@ -205,7 +207,7 @@ def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> 
     chosen = {name: provider_table[name] for name in wanted if name in provider_table}
     if "compile" in chosen:
         torch._dynamo.reset()  # each case compiles afresh, never against the recompile limit
-    return Workload(case, inputs, chosen, bytes_moved, flops)
+    return Workload(case, inputs, chosen, bytes_moved, flops, dictionary)
 
 
 def _prepare_steer(case: Case, dictionary, random):
@@ -359,13 +361,8 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     device = workload.inputs[0]["hidden"].device
     on_cuda = device.type == "cuda"
     clock = _CudaClock() if on_cuda else _CpuClock()
-    # Inputs larger than the CPU's last-level cache cannot stay in it between calls, in use as in
-    # here, but what is left of them depends on which provider ran before: such rounds are one call
-    # each, after evicting the caches (a second call would find the first one's data).
-    input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
-    cache_bytes = 0 if on_cuda else _last_level_cache_bytes()
-    cold = not on_cuda and input_bytes > cache_bytes
-    evict = _CpuCacheEviction(cache_bytes) if cold else (lambda: None)
+    cold = evicts_caches(workload)
+    evict = _CpuCacheEviction(_last_level_cache_bytes()) if cold else (lambda: None)
     runner_type = _GraphRunner if workload.case.graph else _EagerRunner
     timings, plans = {}, {}
     with torch.no_grad():
@@ -399,6 +396,17 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
     return timings
 
 
+def evicts_caches(workload: Workload) -> bool:
+    """Whether each timed CPU call starts from evicted caches. Inputs larger than the last-level
+    cache are timed back to back, in the steady state a model's layers run in (their activations
+    just written, partly in cache); inputs that fit would stay in cache from one call to the
+    next, which a model never repeats, so each of their rounds is one call after an eviction."""
+    if workload.inputs[0]["hidden"].device.type == "cuda":
+        return False
+    input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
+    return input_bytes <= _last_level_cache_bytes()
+
+
 def _release(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -421,8 +429,14 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         providers[name] = entry
     fused = _median(timings, "steerkern")
     ratios = {f"steerkern_speedup_vs_{name}": _median(timings, name) / fused for name in timings if name not in ("steerkern", "roof", "matmul")}
+    floor = {}
     if case.op == "steer":
         ratios["steerkern_over_roof"] = fused / _median(timings, "roof")
+        if not math.isnan(_median(timings, "roof")):
+            seconds = floors.steer_floors(case, _median(timings, "roof"), workload.inputs[0]["hidden"].device)
+            binds, floor_s = floors.binding(seconds)
+            floor = {"floors_s": seconds, "binding_floor": binds}
+            ratios["steerkern_over_floor"] = fused / floor_s
     else:
         ratios["steerkern_over_matmul"] = fused / _median(timings, "matmul")
     batch, seq_len, d = case.shape
@@ -431,8 +445,10 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         "label": case.label(),
         "hidden_shape": [batch, seq_len, d],
         "input_copies": len(workload.inputs),
+        "timed": "after eviction" if evicts_caches(workload) else "back to back",
         "bytes_moved": workload.bytes_moved,
         "flops": workload.flops,
+        **floor,
         "providers": providers,
         "ratios": {name: value for name, value in ratios.items() if not math.isnan(value)},
     }
@@ -498,7 +514,8 @@ def _speedup_columns(results, names):
 def steer_table(results) -> str:
     results = [result for result in results if result["case"]["op"] == "steer"]
     baselines = _speedup_columns(results, ("reference", "compile", "naive"))
-    headers = ["mode", "program", "K", "dtype", "T", "d", "roof", "steerkern", "GB/s", "% roof", "op/roof"]
+    headers = ["mode", "program", "K", "dtype", "T", "d", "roof", "steerkern", "GB/s", "% roof", "op/roof",
+               "compute", "gather", "binds", "op/floor"]
     headers += [f"vs {name}" for name in baselines]
     rows = []
     for result in results:
@@ -514,6 +531,8 @@ def steer_table(results) -> str:
             format_time(_get(fused, "median_s")),
             f"{fused['gb_per_s']:.1f}" if "gb_per_s" in fused else "n/a",
             _ratio(100 / over_roof, 0, "%"), _ratio(over_roof),
+            format_time(_get(result.get("floors_s"), "compute")), format_time(_get(result.get("floors_s"), "gather")),
+            result.get("binding_floor", "n/a"), _ratio(ratios.get("steerkern_over_floor", math.nan)),
             *(_ratio(ratios.get(f"steerkern_speedup_vs_{name}", math.nan), 1) for name in baselines),
         ])
     return format_table(headers, rows) if rows else ""
@@ -554,6 +573,20 @@ def failures(results) -> list[str]:
         for name, entry in result.get("providers", {}).items():
             if entry.get("error"):
                 lines.append(f"{result['label']} [{name}]: {entry['error']}")
+    return lines
+
+
+def fused_failures(results) -> list[str]:
+    """The failures of the fused op itself (a case that could not be set up counts too): what
+    makes a benchmark run fail, where a baseline that cannot run (no compiler, out of memory)
+    only leaves a gap in the table."""
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['label']}: {result['error']}")
+        error = result.get("providers", {}).get("steerkern", {}).get("error")
+        if error:
+            lines.append(f"{result['label']} [steerkern]: {error}")
     return lines
 
 
@@ -629,7 +662,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-E2E_VARIANTS = ("unsteered", "steerkern", "forward hook")
+E2E_VARIANTS = ("unsteered", "steerkern", "conditional", "forward hook")
 
 
 @contextlib.contextmanager
@@ -650,8 +683,9 @@ def _forward_hook_adding(module, vector):
 
 def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt_length=32, new_tokens=32,
             repeats=5, concept=0, factor=4.0, seed=0) -> dict:
-    """Greedy generation tokens/s: unsteered, steered through steerkern hooks, and steered through
-    a plain forward hook adding the same vector (factor × max_act × row) at ``layer``."""
+    """Greedy generation tokens/s: unsteered, steered through steerkern hooks, steered where a gate
+    concept (the next row) is present at ``layer`` (its op call reads the gate too), and steered
+    through a plain forward hook adding the same vector (factor × max_act × row) at ``layer``."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     config = model.config.get_text_config()
@@ -662,12 +696,16 @@ def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
     pad = config.pad_token_id if config.pad_token_id is not None else 0
 
-    steering = Steerer(model, dictionary, layers=[layer]).steer(concepts=[[concept]] * batch, factors=[[factor]] * batch)
+    steerer = Steerer(model, dictionary, layers=[layer])
+    steering = steerer.steer(concepts=[[concept]] * batch, factors=[[factor]] * batch)
+    gate = Condition((concept + 1) % len(dictionary), above=0.0, layer=layer)
+    conditional = steerer.steer(concepts=[[concept]] * batch, factors=[[factor]] * batch, when=gate)
     vector = (dictionary.weight[concept].float() * factor * float(dictionary.max_act[concept])).to(device, dtype)
     layer_module = find_decoder_layers(model).layers[layer]
     contexts = {
         "unsteered": contextlib.nullcontext,
         "steerkern": lambda: steering,
+        "conditional": lambda: conditional,
         "forward hook": lambda: _forward_hook_adding(layer_module, vector),
     }
 
@@ -711,6 +749,7 @@ def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt
         "of_unsteered": {variant: speed_relative_to(variant, "unsteered") for variant in E2E_VARIANTS},
         "steerkern_over_unsteered": speed_relative_to("steerkern", "unsteered"),
         "steerkern_over_forward_hook": speed_relative_to("steerkern", "forward hook"),
+        "conditional_over_steerkern": speed_relative_to("conditional", "steerkern"),
         "steered_tokens_agree": bool(torch.equal(outputs["steerkern"], outputs["forward hook"])),
         "steering_changed_tokens": not torch.equal(outputs["steerkern"], outputs["unsteered"]),
     }

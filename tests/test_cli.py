@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from steerkern import bench, demo
+from steerkern import bench, demo, floors
 from steerkern.cli import main
 from steerkern.dictionary import ConceptDictionary
 from tests.tiny_models import tiny_gemma2
@@ -231,6 +231,38 @@ def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
         assert all(entry["error"] is None and entry["median_s"] > 0 for entry in case["providers"].values())
         assert case["ratios"]["steerkern_over_roof"] > 0 and "steerkern_speedup_vs_naive" in case["ratios"]
         assert case["hidden_shape"] == [1, 64, 48]
+        # The floors of the case, measured in the run: the binding one is the slowest.
+        assert set(case["floors_s"]) == set(floors.FLOORS) and all(v > 0 for v in case["floors_s"].values())
+        assert case["floors_s"]["memory"] == case["providers"]["roof"]["median_s"]
+        assert case["floors_s"][case["binding_floor"]] == max(case["floors_s"].values())
+        assert case["ratios"]["steerkern_over_floor"] == pytest.approx(
+            case["providers"]["steerkern"]["median_s"] / max(case["floors_s"].values()))
+        assert case["timed"] == "after eviction"  # a few KiB fit the last-level cache
+
+
+def test_floors_scale_with_the_work_and_the_slowest_binds():
+    cpu = torch.device("cpu")
+    small = bench.Case("steer", 256, 64, "float32", k=2, mode="add")
+    seconds = floors.steer_floors(small, 1e-3, cpu)
+    doubled = floors.steer_floors(bench.Case("steer", 256, 64, "float32", k=4, mode="add"), 1e-3, cpu)
+    assert doubled["compute"] == pytest.approx(2 * seconds["compute"])
+    detect = floors.steer_floors(bench.Case("steer", 256, 64, "float32", k=2, mode="detect"), 1e-3, cpu)
+    assert detect["compute"] == pytest.approx(seconds["compute"] / 2)  # dots only, no update
+    assert floors.binding({"memory": 1.0, "compute": 3.0, "gather": float("nan")}) == ("compute", 3.0)
+
+
+def test_bench_fails_when_the_fused_op_fails_but_not_when_a_baseline_does(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    argv = [*TINY_BENCH, "--dtype", "fp32", "--ops", "steer", "--mode", "add", "--program", "token",
+            "--providers", "steerkern,naive,roof"]
+    monkeypatch.setattr(bench, "naive_steer_", broken)
+    status, _, err = run(argv, capsys)
+    assert status == 0 and "[naive]: RuntimeError: kernel exploded" in err
+    monkeypatch.setattr(bench, "steer_", broken)
+    status, _, err = run(argv, capsys)
+    assert status == 1 and "the fused op failed" in err and "[steerkern]: RuntimeError: kernel exploded" in err
 
 
 def test_bench_times_torch_compile_of_the_reference(capsys):

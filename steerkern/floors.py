@@ -1,0 +1,83 @@
+"""The floors a steer case cannot beat on this machine, measured in the same run as the op.
+
+- memory: the warm in-place pass over hidden's bytes (the ``roof`` provider), the time to read and
+  write the activations once;
+- compute: the FLOPs the mode needs (``2·K·d`` per row for the dots, as much again for an
+  update) at the float32 FMA peak a large matmul reaches (the kernels compute in float32);
+- gather: the dictionary elements the rows read (``K·d`` per row) at the read bandwidth of the
+  cache that holds the concept pool (a buffer of the pool's size, read over and over).
+
+The binding floor is the largest; ``op / floor`` says how far the op is from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import torch
+
+FLOORS = ("memory", "compute", "gather")
+
+
+def _best_seconds(fn, device, repeats=5, min_s=0.02) -> float:
+    """Best time of one call, each timed over enough calls to last ``min_s``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
+    sync()
+    calls, best = 1, math.inf
+    for _ in range(repeats):
+        sync()
+        began = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        elapsed = time.perf_counter() - began
+        best = min(best, elapsed / calls)
+        calls = max(calls, math.ceil(min_s / max(elapsed / calls, 1e-9)))
+    return best
+
+
+@functools.lru_cache(maxsize=None)
+def fma_peak_flops(device: torch.device) -> float:
+    """float32 FLOP/s of a square matmul large enough to be compute-bound."""
+    size = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return 2 * size**3 / _best_seconds(lambda: a @ b, device)
+
+
+@functools.lru_cache(maxsize=None)
+def read_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Bytes/s of reading a buffer of ``nbytes`` over and over, from whatever cache holds it. One
+    call sums a stride-0 expansion of the buffer (at least 64 MiB of reads), so the cost of a
+    call does not count against the bandwidth."""
+    buffer = torch.ones(max(nbytes // 4, 1024), device=device)
+    repeats = max(1, (64 << 20) // buffer.nbytes)
+    reads = buffer.expand(repeats, -1)
+    return repeats * buffer.nbytes / _best_seconds(reads.sum, device)
+
+
+def steer_floors(case, roof_s: float, device: torch.device) -> dict:
+    """Seconds of each floor for a steer case, given the roof provider's time."""
+    batch, seq_len, d = case.shape
+    rows = batch * seq_len
+    dict_bytes = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
+    flops = 2 * rows * case.k * d * (1 if case.mode == "detect" else 2)
+    gathered = rows * case.k * d * dict_bytes
+    pool_bytes = case.pool * d * dict_bytes
+    return {
+        "memory": roof_s,
+        "compute": flops / fma_peak_flops(device),
+        "gather": gathered / read_bandwidth(device, pool_bytes),
+    }
+
+
+def binding(floors: dict) -> tuple[str, float]:
+    """The floor that binds (the slowest) and its seconds; NaN floors are left out."""
+    known = {name: value for name, value in floors.items() if not math.isnan(value)}
+    if not known:
+        return "n/a", math.nan
+    name = max(known, key=known.get)
+    return name, known[name]
