@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..dictionary import ConceptDictionary
-from ..hooks import POSITIONS, STEERING_MODES, steering_program
+from ..hooks import POSITIONS, STEERING_MODES
+from ..programs import steering_program
 
 PREFIX = "steerkern_"
 CONCEPTS, FACTORS, MODE = f"{PREFIX}concepts", f"{PREFIX}factors", f"{PREFIX}mode"
