@@ -2,6 +2,7 @@
 
 from ._backend import build_info
 from .dictionary import ConceptDictionary
+from .functional import steer
 from .hooks import DetectionHooks, Readout, Steerer, SteeringHooks
 from .models import find_decoder_layers
 from .ops import detect, steer_
@@ -18,5 +19,6 @@ __all__ = [
     "build_info",
     "detect",
     "find_decoder_layers",
+    "steer",
     "steer_",
 ]
