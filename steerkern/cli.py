@@ -1,4 +1,4 @@
-"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect`` and ``bench``.
+"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect``, ``learn`` and ``bench``.
 
 Exit status: 0 on success, 2 with a one-line message on bad usage or bad input (an unknown
 concept, a missing file, a model that cannot be reached offline).
@@ -504,6 +504,7 @@ def bench_e2e(args, device) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import DENSE_PROVIDERS, MODES, PRESETS, PROGRAMS, STEER_PROVIDERS
+    from .learn.cli import add_parser as add_learn_parser
 
     parser = _Parser(prog="steerkern", description="Fused concept steering and detection for language models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="concepts shown per prompt (default: 5)")
     detect.add_argument("--prefix-length", type=int, default=1, metavar="N", help="first N real tokens not read, e.g. <bos> (default: 1)")
     detect.set_defaults(run=cmd_detect)
+
+    add_learn_parser(commands, MODEL_HELP, _add_device_dtype, _positive_int)
 
     bench = commands.add_parser("bench", help="kernel microbenchmarks, or generation throughput with --e2e",
                                 description="Times the fused op against the eager reference, torch.compile of the reference, the "

@@ -50,12 +50,14 @@ class Hyperparameters:
 
 def concept_batches(n_examples: int, hyper: Hyperparameters) -> list[list[int]]:
     """One concept's batches over all epochs (positions in its example list), as AxBench's
-    DataLoader draws them: per epoch a seed for its workers, then a permutation."""
+    DataLoader draws them: per epoch a seed for its workers, the permutation, and the sampler's
+    trailing permutation (of which it keeps none)."""
     generator = torch.Generator().manual_seed(hyper.seed)
     batches = []
     for _ in range(hyper.n_epochs):
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(n_examples, generator=generator).tolist()
+        torch.randperm(n_examples, generator=generator)
         batches += [order[start : start + hyper.batch_size] for start in range(0, n_examples, hyper.batch_size)]
     return batches
 
