@@ -1,7 +1,7 @@
 """Training state on disk, so an interrupted run resumes where its last checkpoint left it.
 
-A checkpoint records what the run is (method, model, layer, data, hyperparameters); resuming with
-a different run is refused rather than mixing two. Writes go to a temporary file first and replace
+A checkpoint records what the run is (method, model and its hidden size, layer, data,
+hyperparameters); resuming with a different run is refused rather than mixing two. Writes go to a temporary file first and replace
 the checkpoint in one rename, so an interruption while saving leaves the previous one intact.
 """
 
@@ -23,6 +23,12 @@ class Checkpoint:
         if not self.path.is_file():
             return None
         saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        width = saved.get("run", {}).get("width")
+        if width != self.run["width"]:
+            raise ValueError(
+                f"{self.path} holds rows of d={width} but the model's hidden size is {self.run['width']}; "
+                "it was made with a different model"
+            )
         if saved.get("run") != self.run:
             changed = sorted(k for k in set(saved.get("run", {})) | set(self.run) if saved.get("run", {}).get(k) != self.run.get(k))
             raise ValueError(
@@ -39,10 +45,3 @@ class Checkpoint:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
-
-def check_width(state_width: int, model_width: int, where) -> None:
-    if state_width != model_width:
-        raise ValueError(
-            f"{where} holds rows of d={state_width} but the model's hidden size is {model_width}; "
-            "it was made with a different model"
-        )

@@ -46,13 +46,14 @@ def add_parser(commands, model_help, add_device_dtype, positive_int):
 
 def cmd_learn(args) -> int:
     from .. import cli
-    from . import diffmean, evaluate, reft_r1
+    from . import diffmean, evaluate, read_training_data, reft_r1
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
         raise cli.UsageError(f"--output {args.output}: steerkern writes dictionaries as .safetensors files")
     if not output.resolve().parent.is_dir():
         raise cli.UsageError(f"--output {args.output}: its folder does not exist")
+    data = read_training_data(args.data)  # bad data fails before the model loads
     rank, size = _join_process_group()
     device = cli.resolve_device(args.device)
     if device.type == "cuda" and size > 1:
@@ -64,9 +65,9 @@ def cmd_learn(args) -> int:
         print(f"resuming from {checkpoint}", file=sys.stderr)
     shown = rank == 0
     if args.method == "diffmean":
-        dictionary = diffmean(model, tokenizer, args.data, layer=args.layer, checkpoint=checkpoint, progress=shown)
+        dictionary = diffmean(model, tokenizer, data, layer=args.layer, checkpoint=checkpoint, progress=shown)
     else:
-        dictionary = reft_r1(model, tokenizer, args.data, layer=args.layer, epochs=args.n_epochs, batch_size=args.batch_size,
+        dictionary = reft_r1(model, tokenizer, data, layer=args.layer, epochs=args.n_epochs, batch_size=args.batch_size,
                              lr=args.lr, weight_decay=args.weight_decay, topk=args.topk,
                              coeff_latent_l1_loss=args.coeff_latent_l1_loss, seed=args.seed,
                              concepts_per_batch=args.concepts_per_batch, checkpoint=checkpoint, progress=shown)

@@ -20,6 +20,11 @@ class Setup:
     encoded: list[Encoded | None]  # per example, None for those no concept of this run uses
     layer: int
     width: int
+    model_name: str
+
+    def identity(self) -> dict:
+        """What a checkpoint of this run must match: the model, its width, the layer, the data."""
+        return {"model": self.model_name, "width": self.width, "layer": self.layer, "data": self.data.source}
 
 
 def prepare(model, tokenizer, data, layer) -> Setup:
@@ -32,7 +37,11 @@ def prepare(model, tokenizer, data, layer) -> Setup:
     encoded: list[Encoded | None] = [None] * len(data.examples)
     for index in used:
         encoded[index] = encoder.encode(data.examples[index])
-    return Setup(data, encoder, encoded, layer, width)
+    return Setup(data, encoder, encoded, layer, width, _model_name(model))
+
+
+def _model_name(model) -> str:
+    return getattr(model.config, "_name_or_path", None) or type(model).__name__
 
 
 def finish(model, setup: Setup, rows: torch.Tensor, method: str, hyperparameters: dict, batch_size: int) -> ConceptDictionary:
@@ -40,7 +49,7 @@ def finish(model, setup: Setup, rows: torch.Tensor, method: str, hyperparameters
     rows = rows.detach().float().cpu()
     max_act = max_acts(model, setup.encoder, setup.layer, rows, setup.data, setup.encoded, batch_size)
     provenance = {
-        "model_name": getattr(model.config, "_name_or_path", None) or type(model).__name__,
+        "model_name": setup.model_name,
         "layer": setup.layer,
         "component": "res",
         "method": method,

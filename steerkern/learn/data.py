@@ -59,7 +59,9 @@ class TrainingData:
 
 def read_training_data(data) -> TrainingData:
     """Read a ``train_data.parquet`` file, a ``metadata.jsonl`` file or a folder holding them, a
-    pandas DataFrame, or a list of dicts with AxBench's columns."""
+    pandas DataFrame, or a list of dicts with AxBench's columns (data already read passes as is)."""
+    if isinstance(data, TrainingData):
+        return data
     metadata, source = None, type(data).__name__
     if isinstance(data, (str, Path)):
         frame, metadata, source = _read_files(Path(data).expanduser())

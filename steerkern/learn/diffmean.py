@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .checkpoint import Checkpoint, check_width
+from .checkpoint import Checkpoint
 from .common import finish, prepare
 from .forward import model_device, read_layer
 from .progress import Progress
@@ -38,7 +38,7 @@ def diffmean(model, tokenizer, data, layer: int, *, batch_size=32, checkpoint=No
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     mine = distributed.my_share(batches)
 
-    run = {"method": "DiffMean", "layer": setup.layer, "data": setup.data.source, "examples": len(order),
+    run = {"method": "DiffMean", **setup.identity(), "examples": len(order),
            "concepts": len(concepts), "batch_size": batch_size, "ranks": distributed.world()[1]}
     saver = Checkpoint(checkpoint, run) if checkpoint else None
     state = (saver.load() if saver else None) or {
@@ -46,7 +46,6 @@ def diffmean(model, tokenizer, data, layer: int, *, batch_size=32, checkpoint=No
         "positive": torch.zeros(len(concepts), setup.width + 1, dtype=torch.float64),  # sums, then the count
         "negative": torch.zeros(len(genres), setup.width + 1, dtype=torch.float64),
     }
-    check_width(state["positive"].shape[1] - 1, setup.width, checkpoint or "the sums")
     device = model_device(model)
     bar = Progress(len(mine), "DiffMean", progress, done=state["done"])
     for step, batch_index in enumerate(mine):

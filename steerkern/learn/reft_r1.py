@@ -25,7 +25,7 @@ import torch
 
 from ..functional import steer
 from . import distributed
-from .checkpoint import Checkpoint, check_width
+from .checkpoint import Checkpoint
 from .common import finish, prepare
 from .encoding import IGNORE
 from .forward import frozen, model_device, rewriting_layer
@@ -82,12 +82,10 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
               for start in range(0, len(concepts), concepts_per_batch)]
     mine = distributed.my_share(chunks)
 
-    run = {"method": "ReFT-r1", "layer": setup.layer, "data": setup.data.source, "concepts": len(concepts),
+    run = {"method": "ReFT-r1", **setup.identity(), "concepts": len(concepts),
            "concepts_per_batch": concepts_per_batch, "ranks": distributed.world()[1], **asdict(hyper)}
     saver = Checkpoint(checkpoint, run) if checkpoint else None
     state = (saver.load() if saver else None) or {"rows": {}, "chunk": None}
-    for row in state["rows"].values():
-        check_width(row.shape[-1], setup.width, checkpoint)
     schedules = {c: concept_batches(len(concepts[c].examples), hyper) for chunk in mine for c in chunks[chunk]}
     total = sum(max(len(schedules[c]) for c in chunks[chunk]) for chunk in mine)
     done = sum(max(len(schedules[c]) for c in chunks[chunk]) for chunk in mine if chunks[chunk][0] in state["rows"])
