@@ -430,6 +430,10 @@ def cmd_bench(args) -> int:
     report = {"command": shlex.join(["steerkern", *args.argv]), **env}
     if args.e2e:
         report["e2e"] = bench_e2e(args, device)
+    elif args.learn:
+        from . import bench_learn
+
+        report["learn"] = bench_learn.run(args, device)
     else:
         report["cases"] = bench_kernels(args, device)
     if args.json:
@@ -504,6 +508,7 @@ def bench_e2e(args, device) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import DENSE_PROVIDERS, MODES, PRESETS, PROGRAMS, STEER_PROVIDERS
+    from .bench_learn import add_arguments as add_learn_bench_arguments
     from .learn.cli import add_parser as add_learn_parser
 
     parser = _Parser(prog="steerkern", description="Fused concept steering and detection for language models.")
@@ -544,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_learn_parser(commands, MODEL_HELP, _add_device_dtype, _positive_int)
 
-    bench = commands.add_parser("bench", help="kernel microbenchmarks, or generation throughput with --e2e",
+    bench = commands.add_parser("bench", help="kernel microbenchmarks, generation throughput with --e2e, learning with --learn",
                                 description="Times the fused op against the eager reference, torch.compile of the reference, the "
                                             "naive formula (gather, einsum, add) and the roof (buf.mul_(1.0) over a float32 buffer "
                                             "of hidden's bytes), in one run: CUDA events after warm-up with inputs rotated beyond "
@@ -579,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="N", help="tokens generated (default: 32)")
     e2e.add_argument("--repeats", type=_positive_int, default=5, metavar="N", help="timed generations per variant (default: 5)")
     e2e.add_argument("--quick", action="store_true", help="the demo model at d = 256 (smoke tests)")
+    add_learn_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
     return parser
 

@@ -77,7 +77,7 @@ def test_an_interrupted_run_resumes_and_learns_the_same_rows(model_dir, data_dir
     unbroken = tmp_path / "unbroken.safetensors"
     assert main(_learn(model_dir, data_dir, unbroken, *args)) == 0
 
-    step = reft_module._ChunkTrainer._step
+    step = reft_module.ChunkTrainer._step
     calls = []
 
     def interrupted_step(self, active):
@@ -87,12 +87,12 @@ def test_an_interrupted_run_resumes_and_learns_the_same_rows(model_dir, data_dir
         step(self, active)
 
     output = tmp_path / "resumed.safetensors"
-    monkeypatch.setattr(reft_module._ChunkTrainer, "_step", interrupted_step)
+    monkeypatch.setattr(reft_module.ChunkTrainer, "_step", interrupted_step)
     assert main(_learn(model_dir, data_dir, output, *args)) == 130
     checkpoint = tmp_path / "resumed.safetensors.ckpt"
     saved = torch.load(checkpoint, weights_only=False)["state"]
     assert sorted(saved["rows"]) == [0, 1] and saved["chunk"]["step"] == 20
-    monkeypatch.setattr(reft_module._ChunkTrainer, "_step", step)
+    monkeypatch.setattr(reft_module.ChunkTrainer, "_step", step)
     calls.clear()
     assert main(_learn(model_dir, data_dir, output, *args)) == 0
     assert "resuming from" in capsys.readouterr().err
@@ -152,3 +152,17 @@ def test_torchrun_two_processes_write_the_one_process_dictionary(model_dir, data
         written, wanted = ConceptDictionary.load(sharded), ConceptDictionary.load(expected)
         assert torch.equal(written.weight, wanted.weight), method
         assert torch.equal(written.max_act, wanted.max_act)
+
+
+def test_bench_learn_reports_both_methods_against_axbench_loops(tmp_path, capsys):
+    report = tmp_path / "learn.json"
+    argv = ["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "6,12", "--learn-steps", "1",
+            "--diffmean-concepts", "4", "--diffmean-positives", "3", "--diffmean-sample", "2", "--json", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vs AxBench loop" in out and "per-concept loop (AxBench" in out
+    learned = json.loads(report.read_text())["learn"]
+    assert [r["batch"] for r in learned["reft_r1"]["steerkern"]] == [6, 12]
+    assert learned["reft_r1"]["examples"] == 2 * 6 and learned["diffmean"]["examples"] == 4 * 3 + 3 * 3
+    assert all(r["examples_per_s"] > 0 for r in learned["reft_r1"]["steerkern"]) and learned["diffmean"]["speedup"] > 0
+    assert main(["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "7"]) == 2

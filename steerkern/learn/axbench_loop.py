@@ -1,9 +1,12 @@
-"""AxBench's ReFT-r1 loop as AxBench runs it: one concept at a time, its own ``torch.nn.Linear``
+"""AxBench's loops as AxBench runs them. ReFT-r1: one concept at a time, its own ``torch.nn.Linear``
 row, a shuffled ``DataLoader`` of batch 6, the intervention written in plain PyTorch (a forward
 hook), the model's own loss, ``clip_grad_norm_``, AdamW and transformers' linear schedule.
 
-It is the baseline ``steerkern bench --learn`` times against, and the oracle the tests hold the
-batched ``reft_r1`` to. The one departure from ``lsreft.py`` is the one ``reft_r1`` makes as
+DiffMean: one concept at a time, its positives and its genre's negatives tokenized for it and run
+through the whole model in batches of 6.
+
+They are the baselines ``steerkern bench --learn`` times against, and the oracles the tests hold
+``reft_r1`` and ``diffmean`` to. The one departure from ``lsreft.py`` is the one ``reft_r1`` makes as
 well: top-k is taken over an example's own positions only (AxBench's collator pads the position
 list with an index of a padding token, which then competes for the top k).
 """
@@ -14,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from ..models import find_decoder_layers
 from .forward import frozen, model_device, rewriting_layer
 from .reft_r1 import INITIAL_VALUE, Hyperparameters
 
@@ -64,3 +68,29 @@ def train_one_concept(model, encoder, encoded, layer: int, hyper: Hyperparameter
                 scheduler.step()
                 optimizer.zero_grad()
     return proj.weight.detach()[0].cpu()
+
+
+@torch.no_grad()
+def diffmean_one_concept(model, encoder, positives, negatives, layer: int, batch_size=6) -> torch.Tensor:
+    """AxBench's DiffMean for one concept: its examples tokenized and run through the whole model
+    (``gather_residual_activations`` hooks the layer and lets the forward finish), batch 6."""
+    device = model_device(model)
+    encoded = [encoder.encode(example) for example in positives + negatives]
+    labels = torch.tensor([1] * len(positives) + [0] * len(negatives))
+    sums = {1: 0.0, 0: 0.0}
+    counts = {1: 0, 0: 0}
+    for start in range(0, len(encoded), batch_size):
+        batch = encoder.collate(encoded[start : start + batch_size], device)
+        captured = []
+        handle = find_decoder_layers(model).layers[layer].register_forward_hook(
+            lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            model(**batch.model_inputs(), use_cache=False)
+        finally:
+            handle.remove()
+        for label in (1, 0):
+            chosen = batch.positions & (labels[start : start + batch_size] == label).to(device)[:, None]
+            sums[label] = sums[label] + captured[0][chosen].double().sum(dim=0)
+            counts[label] += int(chosen.sum())
+    row = (sums[1] / counts[1] - sums[0] / counts[0]).float()
+    return (row / (row.norm() + torch.finfo(row.dtype).eps)).cpu()

@@ -27,6 +27,18 @@ def diffmean(model, tokenizer, data, layer: int, *, batch_size=32, checkpoint=No
     ``checkpoint_every`` batches and resumes from them.
     """
     setup = prepare(model, tokenizer, data, layer)
+    saver = Checkpoint(checkpoint, {"method": "DiffMean", **setup.identity(), "batch_size": batch_size,
+                                    "ranks": distributed.world()[1]}) if checkpoint else None
+    rows = diffmean_rows(model, setup, batch_size, saver, checkpoint_every, progress)
+    dictionary = finish(model, setup, rows, "DiffMean", {"batch_size": batch_size}, batch_size)
+    if saver:
+        saver.remove()
+    return dictionary
+
+
+@torch.no_grad()
+def diffmean_rows(model, setup, batch_size=32, saver=None, checkpoint_every=50, progress=False) -> torch.Tensor:
+    """The unit-norm DiffMean rows (N, d) of ``setup``'s concepts, from one pass over their examples."""
     concepts = setup.data.concepts
     genres = sorted({concept.genre for concept in concepts})
     # Where each used example's tokens go: (positive row or -1, genre of a negative or -1).
@@ -38,9 +50,6 @@ def diffmean(model, tokenizer, data, layer: int, *, batch_size=32, checkpoint=No
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     mine = distributed.my_share(batches)
 
-    run = {"method": "DiffMean", **setup.identity(), "examples": len(order),
-           "concepts": len(concepts), "batch_size": batch_size, "ranks": distributed.world()[1]}
-    saver = Checkpoint(checkpoint, run) if checkpoint else None
     state = (saver.load() if saver else None) or {
         "done": 0,
         "positive": torch.zeros(len(concepts), setup.width + 1, dtype=torch.float64),  # sums, then the count
@@ -69,8 +78,4 @@ def diffmean(model, tokenizer, data, layer: int, *, batch_size=32, checkpoint=No
     negative_of = negative[[genres.index(concept.genre) for concept in concepts]]
     rows = positive[:, :-1] / positive[:, -1:] - negative_of[:, :-1] / negative_of[:, -1:]
     rows = rows.float()
-    rows = rows / (rows.norm(dim=1, keepdim=True) + torch.finfo(rows.dtype).eps)  # AxBench's set_decoder_norm_to_unit_norm
-    dictionary = finish(model, setup, rows, "DiffMean", {"batch_size": batch_size}, batch_size)
-    if saver:
-        saver.remove()
-    return dictionary
+    return rows / (rows.norm(dim=1, keepdim=True) + torch.finfo(rows.dtype).eps)  # AxBench's set_decoder_norm_to_unit_norm

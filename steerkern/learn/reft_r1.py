@@ -101,7 +101,7 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
                 state["chunk"] = {"chunk": chunk, "step": step, **trainer.state_dict()}
                 saver.save(state)
 
-            trainer = _ChunkTrainer(model, setup, [concepts[c] for c in members], [schedules[c] for c in members], hyper)
+            trainer = ChunkTrainer(model, setup, [concepts[c] for c in members], [schedules[c] for c in members], hyper)
             rows = trainer.train(bar, resume, save_progress if saver else None, checkpoint_every)
             state["rows"].update({c: row for c, row in zip(members, rows)})
             state["chunk"] = None
@@ -117,7 +117,7 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
     return dictionary
 
 
-class _ChunkTrainer:
+class ChunkTrainer:
     """The rows of a few concepts trained together, each with its own optimizer state and schedule."""
 
     def __init__(self, model, setup, concepts, schedules, hyper: Hyperparameters):
