@@ -15,7 +15,6 @@ from steerkern import ConceptDictionary, demo, learn
 from steerkern.hooks import Steerer
 from steerkern.learn import axbench_loop, common
 from steerkern.learn.encoding import Encoder
-from steerkern.learn.forward import read_layer
 from steerkern.learn.scoring import score_examples
 from tests import planted
 
@@ -129,20 +128,13 @@ def test_chat_template_texts_and_prefix_length(tokenizer):
 # --- learning ----------------------------------------------------------------------------------
 
 
-def test_diffmean_is_axbench_difference_of_token_means(model, tokenizer, train_rows):
+def test_diffmean_in_one_pass_equals_axbench_per_concept_loop(model, tokenizer, train_rows):
     dictionary = learn.diffmean(model, tokenizer, train_rows, layer=planted.LAYER, batch_size=5)
     setup = common.prepare(model, tokenizer, train_rows, planted.LAYER)
-
-    def token_mean(indices):
-        tokens = []
-        for index in indices:
-            batch = setup.encoder.collate([setup.encoded[index]], "cpu")
-            tokens.append(read_layer(model, planted.LAYER, batch)[0, batch.positions[0]])
-        return torch.cat(tokens).double().mean(dim=0)
-
     for row, concept in enumerate(setup.data.concepts):
-        expected = token_mean(concept.positives) - token_mean(concept.negatives)
-        torch.testing.assert_close(dictionary.weight[row], (expected / expected.norm()).float(), rtol=1e-5, atol=1e-6)
+        examples = [setup.data.examples[i] for i in concept.positives], [setup.data.examples[i] for i in concept.negatives]
+        expected = axbench_loop.diffmean_one_concept(model, setup.encoder, *examples, planted.LAYER)
+        torch.testing.assert_close(dictionary.weight[row], expected, rtol=1e-5, atol=1e-6)
     assert dictionary.provenance["method"] == "DiffMean" and dictionary.provenance["layer"] == planted.LAYER
 
 

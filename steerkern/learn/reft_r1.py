@@ -2,8 +2,10 @@
 
 For a concept with row ``w`` and an example of it (a positive, or a negative of its genre, which
 AxBench trains on too): per-token latents ``a_t = ReLU(h_t · w)`` at the intervened positions
-(after the prefix), ``m = mean(top-k(a))``, ``h'_t = h_t + m·w`` there; the loss is the
-cross-entropy of the response tokens plus ``(step/T)·coeff_latent_l1_loss·mean(non-top-k a)``.
+(after the prefix), ``m = mean(top-k(a))`` over those positions (AxBench's collator lets a
+padding position compete for the top k; here only the example's own do), ``h'_t = h_t + m·w``
+there; the loss is the cross-entropy of the response tokens plus
+``(step/T)·coeff_latent_l1_loss·mean(non-top-k a)``.
 Each step clips the row's gradient to norm 1, sets the row to unit norm and removes the gradient
 component parallel to it, then takes an AdamW step (linear decay to 0, no warm-up). Rows start
 at 0.01 everywhere, as AxBench's ``TopKReLUIntervention``.
@@ -75,7 +77,8 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
     """
     if concepts_per_batch < 1:
         raise ValueError(f"concepts_per_batch must be at least 1, got {concepts_per_batch}")
-    hyper = Hyperparameters(epochs, batch_size, lr, weight_decay, topk, coeff_latent_l1_loss, seed=seed)
+    hyper = Hyperparameters(n_epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, topk=topk,
+                            coeff_latent_l1_loss=coeff_latent_l1_loss, seed=seed)
     setup = prepare(model, tokenizer, data, layer)
     concepts = setup.data.concepts
     chunks = [list(range(start, min(start + concepts_per_batch, len(concepts))))
