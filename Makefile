@@ -8,7 +8,7 @@ export MAX_JOBS ?= $(shell nproc)
 
 TORCH_VERSION ?= 2.14.1
 DEPS := torch==$(TORCH_VERSION) transformers pybind11 ninja numpy safetensors huggingface_hub tqdm \
-	pytest pytest-benchmark allpairspy setuptools wheel pyarrow pandas
+	pytest pytest-benchmark setuptools wheel pyarrow pandas
 SOURCES := $(wildcard csrc/*) setup.py
 
 .PHONY: demo test bench build clean

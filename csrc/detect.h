@@ -17,7 +17,7 @@ struct DetectProblem {
   bool reduce_max;
 };
 
-// Scores rows [first_row, first_row + pre.size(0)) from their pre-activations pre (rows, N):
+// Scores rows [first_row, first_row + pre.size(0)) from their float32 pre-activations pre (rows, N):
 // writes them to out (rows, N), or folds them into the running per-sequence max out (B, N).
 // pre may alias out's rows.
 using DetectEpilogue = void (*)(const at::Tensor& pre, int64_t first_row, const DetectProblem& p, at::Tensor& out);

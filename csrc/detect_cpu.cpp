@@ -3,8 +3,6 @@
 #include "detect.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 namespace steerkern {
@@ -21,9 +19,8 @@ inline float score(float pre, const float* bias, const float* threshold, int64_t
 // max that keeps NaN, like torch.amax.
 inline float max_nan(float a, float b) { return (b > a || b != b) ? b : a; }
 
-template <typename pre_t>
-void epilogue_rows(const at::Tensor& pre_tensor, int64_t first_row, const DetectProblem& p, at::Tensor& out) {
-  const auto* pre = static_cast<const pre_t*>(pre_tensor.const_data_ptr());
+void epilogue_cpu(const at::Tensor& pre_tensor, int64_t first_row, const DetectProblem& p, at::Tensor& out) {
+  const float* pre = pre_tensor.const_data_ptr<float>();
   float* scores = out.data_ptr<float>();
   const float* bias = p.bias.defined() ? p.bias.const_data_ptr<float>() : nullptr;
   const float* threshold = p.threshold.defined() ? p.threshold.const_data_ptr<float>() : nullptr;
@@ -34,10 +31,10 @@ void epilogue_rows(const at::Tensor& pre_tensor, int64_t first_row, const Detect
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const bool kept = !mask || mask[first_row + r];
-        const pre_t* in = pre + r * n_concepts;
+        const float* in = pre + r * n_concepts;
         float* dst = scores + (first_row + r) * n_concepts;
         for (int64_t n = 0; n < n_concepts; ++n) {
-          dst[n] = kept ? score(static_cast<float>(in[n]), bias, threshold, n) : 0.f;
+          dst[n] = kept ? score(in[n], bias, threshold, n) : 0.f;
         }
       }
     });
@@ -48,21 +45,13 @@ void epilogue_rows(const at::Tensor& pre_tensor, int64_t first_row, const Detect
     for (int64_t r = 0; r < count; ++r) {
       const int64_t row = first_row + r;
       if (mask && !mask[row]) continue;
-      const pre_t* in = pre + r * n_concepts;
+      const float* in = pre + r * n_concepts;
       float* best = scores + (row / p.rows_per_sequence) * n_concepts;
       for (int64_t n = begin; n < end; ++n) {
-        best[n] = max_nan(best[n], score(static_cast<float>(in[n]), bias, threshold, n));
+        best[n] = max_nan(best[n], score(in[n], bias, threshold, n));
       }
     }
   });
-}
-
-void epilogue_cpu(const at::Tensor& pre, int64_t first_row, const DetectProblem& p, at::Tensor& out) {
-  switch (pre.scalar_type()) {
-    case at::kFloat: return epilogue_rows<float>(pre, first_row, p, out);
-    case at::kBFloat16: return epilogue_rows<c10::BFloat16>(pre, first_row, p, out);
-    default: return epilogue_rows<c10::Half>(pre, first_row, p, out);
-  }
 }
 
 at::Tensor detect_cpu(const at::Tensor& hidden, const at::Tensor& weight, bool weight_is_encoder,

@@ -7,8 +7,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
 namespace steerkern {
@@ -34,13 +32,12 @@ __device__ __forceinline__ float score(float pre, const EpilogueParams& p, int64
 
 __device__ __forceinline__ float max_nan(float a, float b) { return (b > a || b != b) ? b : a; }
 
-template <typename pre_t>
-__global__ void score_rows(const pre_t* __restrict__ pre, EpilogueParams p) {
+__global__ void score_rows(const float* __restrict__ pre, EpilogueParams p) {
   const int64_t total = p.count * p.concepts;
   for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < total; e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = e / p.concepts, n = e % p.concepts, row = p.first_row + r;
     const bool kept = p.mask == nullptr || p.mask[row];
-    p.out[row * p.concepts + n] = kept ? score(static_cast<float>(pre[e]), p, n) : 0.f;
+    p.out[row * p.concepts + n] = kept ? score(pre[e], p, n) : 0.f;
   }
 }
 
@@ -50,8 +47,7 @@ __device__ __forceinline__ void merge_max(float* slot, float best) {
   atomicMax(reinterpret_cast<int*>(slot), bits);
 }
 
-template <typename pre_t>
-__global__ void max_rows(const pre_t* __restrict__ pre, EpilogueParams p) {
+__global__ void max_rows(const float* __restrict__ pre, EpilogueParams p) {
   const int64_t n = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (n >= p.concepts) return;
   const int64_t begin = int64_t{blockIdx.y} * kRowsPerGroup;
@@ -66,20 +62,19 @@ __global__ void max_rows(const pre_t* __restrict__ pre, EpilogueParams p) {
       best = 0.f;
     }
     if (p.mask && !p.mask[row]) continue;
-    best = max_nan(best, score(static_cast<float>(pre[r * p.concepts + n]), p, n));
+    best = max_nan(best, score(pre[r * p.concepts + n], p, n));
   }
   merge_max(p.out + sequence * p.concepts + n, best);
 }
 
-template <typename pre_t>
 void launch(const at::Tensor& pre, const EpilogueParams& params, bool reduce_max, cudaStream_t stream) {
-  const auto* data = static_cast<const pre_t*>(pre.const_data_ptr());
+  const float* data = pre.const_data_ptr<float>();
   if (reduce_max) {
     const dim3 grid((params.concepts + kThreads - 1) / kThreads, (params.count + kRowsPerGroup - 1) / kRowsPerGroup);
-    max_rows<pre_t><<<grid, kThreads, 0, stream>>>(data, params);
+    max_rows<<<grid, kThreads, 0, stream>>>(data, params);
   } else {
     const int64_t blocks = std::min<int64_t>((params.count * params.concepts + kThreads - 1) / kThreads, 65535);
-    score_rows<pre_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(data, params);
+    score_rows<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(data, params);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -94,16 +89,24 @@ void epilogue_cuda(const at::Tensor& pre, int64_t first_row, const DetectProblem
                               p.concepts,
                               p.rows_per_sequence};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(pre.get_device());
-  switch (pre.scalar_type()) {
-    case at::kFloat: return launch<float>(pre, params, p.reduce_max, stream);
-    case at::kBFloat16: return launch<c10::BFloat16>(pre, params, p.reduce_max, stream);
-    default: return launch<c10::Half>(pre, params, p.reduce_max, stream);
-  }
+  launch(pre, params, p.reduce_max, stream);
 }
 
 at::Tensor detect_cuda(const at::Tensor& hidden, const at::Tensor& weight, bool weight_is_encoder,
                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& threshold,
                        const std::optional<at::Tensor>& mask, bool reduce_max) {
+  // The device checks come before the guard: with hidden on the CPU and another argument on CUDA
+  // (which routes the call here) they name the mismatch, where the guard would only say that
+  // hidden is not a CUDA device.
+  auto check_device = [&](const at::Tensor& tensor, const char* name) {
+    TORCH_CHECK_VALUE(tensor.device() == hidden.device(), "steerkern: ", name, " is on ", tensor.device(),
+                      " but hidden is on ", hidden.device());
+  };
+  check_device(weight, "the detection weight");
+  if (bias.has_value()) check_device(*bias, "bias");
+  if (threshold.has_value()) check_device(*threshold, "threshold");
+  if (mask.has_value()) check_device(*mask, "mask");
+  TORCH_CHECK(hidden.is_cuda(), "steerkern: the CUDA detect kernel got hidden on ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());
   return detect_dense(hidden, weight, weight_is_encoder, bias, threshold, mask, reduce_max, &epilogue_cuda);
 }

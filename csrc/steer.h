@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 
 #include <optional>
 #include <string_view>
@@ -24,6 +25,8 @@ struct SteerProblem {
   at::Tensor mask;        // (rows,) bool, or undefined: steer every row
   at::Tensor bias;        // (concepts,) float32, or undefined
   at::Tensor acts;        // (rows, slots) float32 output
+  at::Tensor gate_bounds; // (programs, slots, 2) float32 (above, below), NaN for steering slots; or undefined
+  at::Tensor gate_all;    // (programs,) bool: all gate slots must pass (else one); or undefined
   Mode mode;
   int64_t rows, d, slots, concepts, rows_per_program;
 };
@@ -32,7 +35,23 @@ struct SteerProblem {
 SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dictionary,
                                 const at::Tensor& concept_ids, const at::Tensor& coeffs,
                                 std::string_view mode, const std::optional<at::Tensor>& mask,
-                                const std::optional<at::Tensor>& bias);
+                                const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& gate_bounds = std::nullopt,
+                                const std::optional<at::Tensor>& gate_all = std::nullopt);
+
+// Whether the gate slots of a row with activations acts[slots] let it be steered: a slot is a gate
+// when it holds a concept and its bounds are not NaN, and it passes when above < act < below.
+C10_HOST_DEVICE inline bool gate_passes(const float* bounds, const float* acts, const int64_t* ids, int64_t concepts,
+                                        int64_t slots, bool all) {
+  bool any_gate = false, any_pass = false, every_pass = true;
+  for (int64_t k = 0; k < slots; ++k) {
+    const float above = bounds[2 * k], below = bounds[2 * k + 1];
+    if (above != above || ids[k] < 0 || ids[k] >= concepts) continue;  // a steering slot, or empty
+    const bool pass = acts[k] > above && acts[k] < below;
+    any_gate = true, any_pass |= pass, every_pass &= pass;
+  }
+  return !any_gate || (all ? every_pass : any_pass);
+}
 
 // Instruction set the CPU kernel runs with: "avx512bf16", "avx512", "avx2", "avx" or "base".
 const char* cpu_isa();

@@ -31,11 +31,13 @@ void check_same_device(const at::Tensor& tensor, const at::Tensor& hidden, const
 SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dictionary,
                                 const at::Tensor& concept_ids, const at::Tensor& coeffs,
                                 std::string_view mode, const std::optional<at::Tensor>& mask,
-                                const std::optional<at::Tensor>& bias) {
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
+                                const std::optional<at::Tensor>& gate_all) {
   const auto dtype = hidden.scalar_type();
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                     "steerkern: hidden must be float32, bfloat16 or float16, got ", dtype);
   TORCH_CHECK_VALUE(hidden.dim() == 2 || hidden.dim() == 3, "steerkern: hidden must be (B, S, d) or (T, d)");
+  TORCH_CHECK_VALUE(hidden.size(-1) > 0, "steerkern: hidden has d = 0; rows need at least one feature");
   TORCH_CHECK_VALUE(hidden.is_contiguous(), "steerkern: hidden must be contiguous (steer_ writes it in place)");
   TORCH_CHECK_VALUE(dictionary.dim() == 2 && dictionary.size(1) == hidden.size(-1),
                     "steerkern: dictionary must be (N, d) with d = hidden.size(-1)");
@@ -52,7 +54,7 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
   SteerProblem p;
   p.mode = parse_mode(mode);
   p.d = hidden.size(-1);
-  p.rows = hidden.numel() / std::max<int64_t>(p.d, 1);
+  p.rows = hidden.numel() / p.d;
   p.slots = concept_ids.size(-1);
   p.concepts = dictionary.size(0);
   const int64_t programs = concept_ids.numel() / std::max<int64_t>(p.slots, 1);
@@ -75,6 +77,21 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == p.concepts, "steerkern: bias must be (N,)");
     check_same_device(*bias, hidden, "bias");
     p.bias = bias->to(at::kFloat).contiguous();
+  }
+  if (gate_bounds.has_value()) {
+    std::vector<int64_t> shape(concept_ids.sizes().begin(), concept_ids.sizes().end());
+    shape.push_back(2);
+    TORCH_CHECK_VALUE(gate_bounds->scalar_type() == at::kFloat && gate_bounds->sizes() == at::IntArrayRef(shape),
+                      "steerkern: gate_bounds must be float32 (..., K, 2), one (above, below) per slot");
+    check_same_device(*gate_bounds, hidden, "gate_bounds");
+    p.gate_bounds = gate_bounds->contiguous();
+  }
+  if (gate_all.has_value()) {
+    TORCH_CHECK_VALUE(p.gate_bounds.defined(), "steerkern: gate_all needs gate_bounds");
+    TORCH_CHECK_VALUE(gate_all->scalar_type() == at::kBool && gate_all->numel() == programs,
+                      "steerkern: gate_all must be bool with one flag per program");
+    check_same_device(*gate_all, hidden, "gate_all");
+    p.gate_all = gate_all->contiguous();
   }
   p.acts = at::empty(acts_shape(hidden, concept_ids), hidden.options().dtype(at::kFloat));
   return p;

@@ -48,14 +48,36 @@ def requested_backend() -> str:
     return choice
 
 
-def use_compiled() -> bool:
+def use_compiled(device: torch.device | None = None) -> bool:
+    """Whether the compiled kernels run tensors on ``device``: a ``_C`` built without CUDA leaves
+    CUDA tensors to the reference (with one warning) instead of the dispatcher's error."""
     choice = requested_backend()
     if choice == "reference":
         return False
     compiled = load_compiled()
     if compiled is None and choice == "compiled":
         raise RuntimeError(f"{BACKEND_ENV}=compiled but steerkern._C could not be imported")
-    return compiled is not None
+    if compiled is None:
+        return False
+    if device is not None and device.type == "cuda" and not compiled.WITH_CUDA:
+        _warn_no_cuda_kernels()
+        return False
+    return True
+
+
+_warned_no_cuda = False
+
+
+def _warn_no_cuda_kernels():
+    global _warned_no_cuda
+    if not _warned_no_cuda:
+        _warned_no_cuda = True
+        warnings.warn(
+            "steerkern._C was built without CUDA kernels; CUDA tensors run the PyTorch reference "
+            "(rebuild with CUDA_HOME pointing at the CUDA toolkit for the fused kernels)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def build_info() -> dict:

@@ -26,6 +26,7 @@ import torch
 from . import __version__, reference
 from ._backend import build_info
 from .dictionary import ConceptDictionary
+from .conditions import Condition
 from .hooks import Steerer
 from .models import find_decoder_layers
 from .ops import detect, steer_
@@ -176,6 +177,7 @@ class Workload:
     providers: dict[str, Callable[[dict], object]]
     bytes_moved: int
     flops: int
+    dictionary: torch.Tensor | None = None  # the one every provider uses (to check results against)
 
 
 def _input_copies(set_bytes: int, device: torch.device) -> int:
@@ -205,7 +207,7 @@ def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> 
     chosen = {name: provider_table[name] for name in wanted if name in provider_table}
     if "compile" in chosen:
         torch._dynamo.reset()  # each case compiles afresh, never against the recompile limit
-    return Workload(case, inputs, chosen, bytes_moved, flops)
+    return Workload(case, inputs, chosen, bytes_moved, flops, dictionary)
 
 
 def _prepare_steer(case: Case, dictionary, random):
@@ -557,6 +559,20 @@ def failures(results) -> list[str]:
     return lines
 
 
+def fused_failures(results) -> list[str]:
+    """The failures of the fused op itself (a case that could not be set up counts too): what
+    makes a benchmark run fail, where a baseline that cannot run (no compiler, out of memory)
+    only leaves a gap in the table."""
+    lines = []
+    for result in results:
+        if "error" in result:
+            lines.append(f"{result['label']}: {result['error']}")
+        error = result.get("providers", {}).get("steerkern", {}).get("error")
+        if error:
+            lines.append(f"{result['label']} [steerkern]: {error}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine description and end-to-end generation
 
@@ -629,7 +645,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-E2E_VARIANTS = ("unsteered", "steerkern", "forward hook")
+E2E_VARIANTS = ("unsteered", "steerkern", "conditional", "forward hook")
 
 
 @contextlib.contextmanager
@@ -650,8 +666,9 @@ def _forward_hook_adding(module, vector):
 
 def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt_length=32, new_tokens=32,
             repeats=5, concept=0, factor=4.0, seed=0) -> dict:
-    """Greedy generation tokens/s: unsteered, steered through steerkern hooks, and steered through
-    a plain forward hook adding the same vector (factor × max_act × row) at ``layer``."""
+    """Greedy generation tokens/s: unsteered, steered through steerkern hooks, steered where a gate
+    concept (the next row) is present at ``layer`` (its op call reads the gate too), and steered
+    through a plain forward hook adding the same vector (factor × max_act × row) at ``layer``."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     config = model.config.get_text_config()
@@ -662,12 +679,16 @@ def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
     pad = config.pad_token_id if config.pad_token_id is not None else 0
 
-    steering = Steerer(model, dictionary, layers=[layer]).steer(concepts=[[concept]] * batch, factors=[[factor]] * batch)
+    steerer = Steerer(model, dictionary, layers=[layer])
+    steering = steerer.steer(concepts=[[concept]] * batch, factors=[[factor]] * batch)
+    gate = Condition((concept + 1) % len(dictionary), above=0.0, layer=layer)
+    conditional = steerer.steer(concepts=[[concept]] * batch, factors=[[factor]] * batch, when=gate)
     vector = (dictionary.weight[concept].float() * factor * float(dictionary.max_act[concept])).to(device, dtype)
     layer_module = find_decoder_layers(model).layers[layer]
     contexts = {
         "unsteered": contextlib.nullcontext,
         "steerkern": lambda: steering,
+        "conditional": lambda: conditional,
         "forward hook": lambda: _forward_hook_adding(layer_module, vector),
     }
 
@@ -711,6 +732,7 @@ def run_e2e(model, dictionary: ConceptDictionary, layer: int, *, batch=8, prompt
         "of_unsteered": {variant: speed_relative_to(variant, "unsteered") for variant in E2E_VARIANTS},
         "steerkern_over_unsteered": speed_relative_to("steerkern", "unsteered"),
         "steerkern_over_forward_hook": speed_relative_to("steerkern", "forward hook"),
+        "conditional_over_steerkern": speed_relative_to("conditional", "steerkern"),
         "steered_tokens_agree": bool(torch.equal(outputs["steerkern"], outputs["forward hook"])),
         "steering_changed_tokens": not torch.equal(outputs["steerkern"], outputs["unsteered"]),
     }

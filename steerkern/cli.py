@@ -442,7 +442,11 @@ def cmd_bench(args) -> int:
         except OSError as error:
             raise UsageError(f"--json {args.json}: {error.strerror}") from None
         print(f"\nwrote every figure to {args.json}")
-    return 0
+    # A baseline that cannot run only leaves a gap; the fused op failing fails the run.
+    failed = bench.fused_failures(report.get("cases", []))
+    for line in failed:
+        print(f"the fused op failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def bench_kernels(args, device) -> list[dict]:
@@ -498,6 +502,7 @@ def bench_e2e(args, device) -> dict:
     print(bench.e2e_table(result))
     print(f"steerkern against the plain hook: {100 * result['steerkern_over_forward_hook']:.1f}% of its speed "
           "(median of the ratios within each repeat)")
+    print(f"conditional steering against unconditional: {100 * result['conditional_over_steerkern']:.1f}% of its speed")
     print(f"steerkern and the plain hook generate the same tokens: {'yes' if result['steered_tokens_agree'] else 'no'}")
     return result
 

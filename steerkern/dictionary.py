@@ -4,14 +4,14 @@ A ``ConceptDictionary`` holds rows ``weight [N, d]`` (steering directions, and d
 for ReFT-r1), an optional detection ``bias [N]``, an optional SAE encoder (``encoder [d, N]``,
 ``b_enc [N]``, JumpReLU ``threshold [N]``, ``b_dec [d]``), ``max_act [N]`` (AxBench scales a
 steering factor by it; 1.0 where unknown), optional detection ``thresholds [N]`` (NaN where
-unknown), one metadata record per row and the provenance of the file it came from.
+unknown), one metadata record per row and the provenance of the file it came from. Every value is finite
+(``thresholds`` aside, where NaN means unknown): NaN or Inf is refused, naming the first bad row.
 
 ``ConceptDictionary.load`` reads, recognising the format by the file:
 
 - **steerkern** ``.safetensors`` (also written by ``save``): the tensors plus JSON metadata in the
-  header (concepts, provenance, format version). The file is memory-mapped: opening a 16K x 3584
-  dictionary takes about a tenth of a second (parsing its concept metadata), and rows are read
-  from disk only when first touched.
+  header (concepts, provenance, format version). The file is memory-mapped, not copied: opening
+  a 16K x 3584 dictionary reads its rows once through the mapping to check that they are finite.
 - **AxBench** folders: released ``l20/weight.pt`` with ``metadata.jsonl`` and ``acts.json``, or the
   training output ``train/<Method>_weight.pt`` (+ ``<Method>_bias.pt``, ``config.json``) whose
   concepts sit in ``generate/metadata.jsonl``.
@@ -72,17 +72,19 @@ class ConceptDictionary:
             raise ValueError("weight has no rows; a dictionary needs at least one concept")
         if encoder is None and (b_enc is not None or threshold is not None):
             raise ValueError("b_enc and threshold belong to an SAE encoder; pass encoder as well")
-        bias = _model_tensor("bias", bias, (rows,), weight.device)
+        # Detection offsets and thresholds stay float32 in any layer's dtype: the kernels add and
+        # compare them in float32, so no call converts them and no threshold is rounded.
+        bias = _float32(_model_tensor("bias", bias, (rows,), weight.device))
         encoder = _model_tensor("encoder", encoder, (width, rows), weight.device)
-        b_enc = _model_tensor("b_enc", b_enc, (rows,), weight.device)
-        threshold = _model_tensor("threshold", threshold, (rows,), weight.device)
+        b_enc = _float32(_model_tensor("b_enc", b_enc, (rows,), weight.device))
+        threshold = _float32(_model_tensor("threshold", threshold, (rows,), weight.device))
         b_dec = _model_tensor("b_dec", b_dec, (width,), weight.device)
         max_act = _per_concept("max_act", max_act, rows, weight.device)
         if max_act is None:
             max_act = torch.ones(rows, dtype=torch.float32, device=weight.device)
-        elif not torch.isfinite(max_act).all():
-            raise ValueError("max_act must be finite; use 1.0 for concepts whose maximal activation is unknown")
         thresholds = _per_concept("thresholds", thresholds, rows, weight.device)
+        _check_finite(weight=weight, bias=bias, encoder=encoder, b_enc=b_enc, threshold=threshold, b_dec=b_dec,
+                      max_act=max_act, thresholds=thresholds)
         concepts = _concept_records(concepts, rows)
         provenance = _provenance(provenance)
         # Everything is checked: only now does the object take its state.
@@ -120,7 +122,8 @@ class ConceptDictionary:
         )
 
     def to(self, device=None, dtype=None) -> ConceptDictionary:
-        """A copy on ``device`` with rows and SAE tensors in ``dtype``; max_act and thresholds stay float32."""
+        """A copy on ``device`` with rows, encoder and b_dec in ``dtype``; the detection offsets and
+        thresholds (bias, b_enc, threshold, max_act, thresholds) stay float32."""
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point type, got {dtype}")
 
@@ -132,10 +135,10 @@ class ConceptDictionary:
 
         return self._with(
             weight=move(self.weight),
-            bias=move(self.bias),
+            bias=place(self.bias),
             encoder=move(self.encoder),
-            b_enc=move(self.b_enc),
-            threshold=move(self.threshold),
+            b_enc=place(self.b_enc),
+            threshold=place(self.threshold),
             b_dec=move(self.b_dec),
             max_act=place(self.max_act),
             thresholds=place(self.thresholds),
@@ -295,6 +298,34 @@ def _model_tensor(name, tensor, shape, device):
     if tensor.device != device:
         raise ValueError(f"{name} is on {tensor.device} but weight is on {device}")
     return tensor
+
+
+def _float32(tensor):
+    return None if tensor is None else tensor.float()
+
+
+def _check_finite(**tensors):
+    """Refuse NaN and Inf, which would poison every row they steer or score, naming the first bad
+    row (concept) or, for b_dec, the first bad feature. ``thresholds`` may hold NaN: unknown."""
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if name == "thresholds":
+            bad = tensor.isinf()
+        elif tensor.dim() == 1:
+            bad = ~tensor.isfinite()
+        else:
+            # NaN and Inf survive a row's sum, which reads a mapped file once without a large
+            # temporary; a finite row whose sum overflows is cleared by the exact check below.
+            by_concept = tensor.T if name == "encoder" else tensor
+            bad = ~by_concept.sum(dim=1).isfinite()
+            for row in bad.nonzero().flatten().tolist():
+                bad[row] = not by_concept[row].isfinite().all()
+        if bad.any():
+            index = int(bad.nonzero()[0])
+            where = {"b_dec": "feature", "encoder": "column"}.get(name, "row")
+            what = "Inf" if name == "thresholds" else "NaN or Inf"
+            raise ValueError(f"{name} holds {what} at {where} {index}; a dictionary's values must be finite")
 
 
 def _per_concept(name, values, rows, device):

@@ -25,84 +25,12 @@ import torch
 
 from . import ops
 from .dictionary import ConceptDictionary
+from .conditions import Gates
 from .models import find_decoder_layers, hidden_size, module_device_and_dtype, resolve_layer_indices
+from .programs import as_dictionary, fit_batch, flat_list, row_of, steering_program
 
 POSITIONS = ("all", "prompt", "generation")
 STEERING_MODES = ("add", "clamp")
-
-
-def as_dictionary(dictionary) -> ConceptDictionary:
-    """A ConceptDictionary as is, or one wrapping a plain (N, d) tensor of rows."""
-    if isinstance(dictionary, ConceptDictionary):
-        return dictionary
-    if isinstance(dictionary, torch.Tensor):
-        return ConceptDictionary(dictionary)
-    raise TypeError(f"expected a ConceptDictionary or an (N, d) tensor, got {type(dictionary).__name__}")
-
-
-def steering_program(dictionary: ConceptDictionary, concepts, factors=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slot tensors ``(ids, coeffs)`` of shape (B, K) on the CPU for ``steerkern.steer_``.
-
-    ``concepts`` is one list per sequence (``[[12], [7, 99], []]``), or one flat list shared by all
-    sequences (then B = 1). Items are dictionary rows or concept texts (see
-    ``ConceptDictionary.lookup``). ``factors`` mirrors ``concepts``, or is one number for every
-    concept (default 1.0). coeff = factor × max_act[row], as AxBench scales its steering factors;
-    empty slots hold id -1.
-    """
-    per_sequence = _split_per_sequence(concepts)
-    if factors is None or isinstance(factors, (int, float)):
-        factor_lists = [[1.0 if factors is None else float(factors)] * len(row) for row in per_sequence]
-    else:
-        factor_lists = _split_per_sequence(factors)
-    if len(factor_lists) != len(per_sequence) or any(map(lambda c, f: len(c) != len(f), per_sequence, factor_lists)):
-        raise ValueError("factors must have the same shape as concepts (one factor per concept)")
-    rows = [[_row_of(dictionary, item) for item in sequence] for sequence in per_sequence]
-    slots = max(1, *map(len, rows)) if rows else 1
-    ids = torch.full((len(rows), slots), -1, dtype=torch.long)
-    coeffs = torch.zeros((len(rows), slots), dtype=torch.float32)
-    max_act = dictionary.max_act.detach().float().cpu()
-    for b, (sequence, sequence_factors) in enumerate(zip(rows, factor_lists)):
-        for k, (row, factor) in enumerate(zip(sequence, sequence_factors)):
-            ids[b, k] = row
-            coeffs[b, k] = float(factor) * max_act[row]
-    return ids, coeffs
-
-
-def _split_per_sequence(values) -> list[list]:
-    if isinstance(values, torch.Tensor):
-        values = values.tolist()
-    values = list(values)
-    if any(isinstance(item, (list, tuple, torch.Tensor)) for item in values):
-        return [item.tolist() if isinstance(item, torch.Tensor) else list(item) for item in values]
-    return [values]
-
-
-def _flat_list(concepts) -> list:
-    per_sequence = _split_per_sequence(concepts)
-    if len(per_sequence) != 1 or not per_sequence[0]:
-        raise ValueError("detect() takes one non-empty list of concepts, read for every sequence")
-    return per_sequence[0]
-
-
-def _row_of(dictionary: ConceptDictionary, item) -> int:
-    if isinstance(item, str):
-        return dictionary.lookup(item)
-    if isinstance(item, bool) or not isinstance(item, int):
-        raise TypeError(f"concepts are dictionary rows (ints) or concept texts, got {item!r}")
-    if not 0 <= item < len(dictionary):
-        raise ValueError(f"concept {item} is outside the dictionary's rows [0, {len(dictionary) - 1}]")
-    return item
-
-
-def fit_batch(per_sequence: torch.Tensor, batch: int, what: str) -> torch.Tensor:
-    """Match a per-sequence tensor to the running batch: one row is shared, and ``generate``'s
-    expansion (num_return_sequences, beams) repeats each sequence in place."""
-    rows = per_sequence.shape[0]
-    if rows == batch:
-        return per_sequence
-    if batch % rows:
-        raise ValueError(f"{what} describes {rows} sequences but the model runs a batch of {batch}")
-    return per_sequence.repeat_interleave(batch // rows, dim=0)
 
 
 # --- what each forward pass's rows are -----------------------------------------------------------
@@ -115,7 +43,8 @@ class Rows:
     ``real``: not padding (None: all are real). ``index``: rank among the sequence's real tokens.
     ``generated``: produced by a generation step (None: none is, or ``index`` was not asked for).
     ``columns``: (S,) position of each row in the sequence (prompt columns as in ``input_ids``,
-    then the generated tokens).
+    then the generated tokens). ``fresh``: the pass starts new sequences (a device tensor when
+    only a static cache knows).
     """
 
     batch: int
@@ -123,6 +52,7 @@ class Rows:
     index: torch.Tensor | None
     generated: torch.Tensor | None
     columns: torch.Tensor | None
+    fresh: bool | torch.Tensor | None = None  # nothing was cached before this pass (None: not asked)
 
 
 def _argument(args, kwargs, name, position):
@@ -143,7 +73,7 @@ def _is_padding_mask(mask, length: int) -> bool:
     return isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[-1] >= length
 
 
-def read_rows(args, kwargs, *, need_index=False, need_columns=False, outer_mask=None) -> Rows:
+def read_rows(args, kwargs, *, need_index=False, need_columns=False, need_fresh=False, outer_mask=None) -> Rows:
     """Row facts from the decoder stack's forward arguments (HF order: input_ids, attention_mask).
 
     ``outer_mask``: the attention mask the whole model was called with, used when the stack only
@@ -177,7 +107,11 @@ def read_rows(args, kwargs, *, need_index=False, need_columns=False, outer_mask=
         if need_index:
             index = (position_ids if has_positions else columns).expand(batch, length)
     generated = index > 0 if index is not None and length == 1 else None
-    return Rows(batch=batch, real=real, index=index, generated=generated, columns=columns)
+    fresh = None
+    if need_fresh:
+        cached = attention_mask.shape[-1] - length if _is_padding_mask(attention_mask, length) else _cache_length(kwargs)
+        fresh = cached == 0
+    return Rows(batch=batch, real=real, index=index, generated=generated, columns=columns, fresh=fresh)
 
 
 def _both(first, second):
@@ -228,22 +162,18 @@ class Steerer:
                 raise ValueError("layers is needed unless dictionary is a {layer: dictionary} mapping")
             indices = resolve_layer_indices(layers, count)
             per_layer = dict.fromkeys(indices, as_dictionary(dictionary))
-        width = hidden_size(model)
-        copies = {}  # one copy per (dictionary, device, dtype), shared by the layers that match
+        self._width = hidden_size(model)
+        self._copies = {}  # one copy per (dictionary, device, dtype), shared by the layers that match
         self.model = model
         self._stack = found.stack
+        self._modules = found.layers
         self._num_layers = count
         self._layers = {}
         for index in indices:
             source = per_layer[index]
-            if width is not None:
-                source.check_hidden_size(width, where=f"model (layer {index})")
-            module = found.layers[index]
-            device, dtype = module_device_and_dtype(module)
-            key = (id(source), device, dtype)
-            if key not in copies:
-                copies[key] = source.to(device=device, dtype=dtype)
-            self._layers[index] = _Layer(module=module, dictionary=copies[key], source=source)
+            self._layers[index] = _Layer(
+                module=found.layers[index], dictionary=self.dictionary_copy(source, index), source=source
+            )
 
     @property
     def layers(self) -> list[int]:
@@ -251,10 +181,33 @@ class Steerer:
 
     def dictionary(self, layer: int) -> ConceptDictionary:
         """The dictionary given for ``layer`` (as passed, not the device copy)."""
-        return self._layers[resolve_layer_indices(layer, self._num_layers)[0]].source
+        return self._layers[self.resolve_layer(layer)].source
+
+    def resolve_layer(self, layer: int) -> int:
+        return resolve_layer_indices(layer, self._num_layers)[0]
+
+    def default_dictionary(self, layer: int) -> ConceptDictionary:
+        """The dictionary for ``layer``: its own, or the one every steered layer shares."""
+        if layer in self._layers:
+            return self._layers[layer].source
+        sources = {id(entry.source): entry.source for entry in self._layers.values()}
+        if len(sources) != 1:
+            raise ValueError(f"layer {layer} has no dictionary of its own here and the steered layers use "
+                             f"several: name one with dictionary=")
+        return next(iter(sources.values()))
+
+    def dictionary_copy(self, source: ConceptDictionary, layer: int) -> ConceptDictionary:
+        """``source`` on decoder layer ``layer``'s device and dtype, made once and shared."""
+        if self._width is not None:
+            source.check_hidden_size(self._width, where=f"model (layer {layer})")
+        device, dtype = module_device_and_dtype(self._modules[layer])
+        key = (id(source), device, dtype)
+        if key not in self._copies:
+            self._copies[key] = source.to(device=device, dtype=dtype)
+        return self._copies[key]
 
     def steer(
-        self, concepts, factors=None, *, mode="add", positions="all", prefix_length=0, mask=None
+        self, concepts, factors=None, *, mode="add", positions="all", prefix_length=0, mask=None, when=None
     ) -> SteeringHooks:
         """Hooks that steer each sequence with its own concepts (see ``steering_program``).
 
@@ -264,8 +217,11 @@ class Steerer:
         since without it every pass re-reads the whole text as a prompt. ``prefix_length``: the
         first real tokens of each sequence stay unsteered. ``mask``: bool (B, M) by column (the
         layout of ``input_ids``, then the generated tokens); columns from M on count as true.
+        ``when``: a ``Condition`` (or ``any_of`` / ``all_of``, or a list per sequence with None for
+        unconditioned ones): steer only the rows its gate lets through (see ``conditions``).
+        The hooks' ``readout`` keeps what the op read while steering.
         """
-        return SteeringHooks(self, concepts, factors, mode, positions, prefix_length, mask)
+        return SteeringHooks(self, concepts, factors, mode, positions, prefix_length, mask, when)
 
     def detect(self, concepts="all", *, top_k=10, prefix_length=0, per_token=False) -> DetectionHooks:
         """Hooks that read concept activations; entering the ``with`` block gives the ``Readout``.
@@ -285,6 +241,7 @@ class _Hooks:
     _run_first = False  # prepend the layer hooks (detection reads the layer's own output)
     _needs_index = False  # what _select_rows reads of the Rows besides `real`
     _needs_columns = False
+    _needs_fresh = False
 
     def __init__(self, steerer: Steerer):
         self._steerer = steerer
@@ -302,14 +259,18 @@ class _Hooks:
                 )
             self._handles.append(self._steerer._stack.register_forward_pre_hook(self._on_forward, with_kwargs=True))
             for index, layer in self._steerer._layers.items():
-                hook = _LayerHook(self, index)
+                hook = _LayerHook(self._on_layer, index)
                 self._handles.append(
                     layer.module.register_forward_hook(hook, with_kwargs=True, prepend=self._run_first)
                 )
+            self._apply_more()
         except Exception:
             self.remove()
             raise
         return self
+
+    def _apply_more(self) -> None:
+        """Hooks a subclass adds to the layer hooks."""
 
     def remove(self) -> None:
         while self._handles:
@@ -326,7 +287,7 @@ class _Hooks:
 
     def _on_forward(self, module, args, kwargs):
         rows = read_rows(args, kwargs, need_index=self._needs_index, need_columns=self._needs_columns,
-                         outer_mask=self._outer_mask)
+                         need_fresh=self._needs_fresh, outer_mask=self._outer_mask)
         self._outer_mask = None  # one model call, one stack call: never reuse it
         self._rows = self._select_rows(rows)
 
@@ -352,13 +313,13 @@ class _Hooks:
 class _LayerHook:
     """Forward hook calling back into its hook set with the layer output tensor (5.x) or tuple (4.x)."""
 
-    def __init__(self, hooks: _Hooks, index: int):
-        self._hooks = hooks
+    def __init__(self, callback, index: int):
+        self._callback = callback
         self._index = index
 
     def __call__(self, module, args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        self._hooks._on_layer(self._index, hidden)  # in place: the output object stays the same
+        self._callback(self._index, hidden)  # in place: the output object stays the same
 
 
 @dataclass
@@ -371,7 +332,7 @@ class _Program:
 class SteeringHooks(_Hooks):
     """Steers inside the layers while applied. Built by ``Steerer.steer``; reusable."""
 
-    def __init__(self, steerer, concepts, factors, mode, positions, prefix_length, mask):
+    def __init__(self, steerer, concepts, factors, mode, positions, prefix_length, mask, when=None):
         super().__init__(steerer)
         if mode not in STEERING_MODES:
             raise ValueError(f"mode must be one of {STEERING_MODES}, got {mode!r}")
@@ -386,8 +347,6 @@ class SteeringHooks(_Hooks):
         self.prefix_length = prefix_length
         stack_device = module_device_and_dtype(steerer._stack)[0]
         self._mask = None if mask is None else mask.to(stack_device)
-        self._needs_index = positions != "all" or prefix_length > 0
-        self._needs_columns = mask is not None
         programs = {}  # built once per (dictionary, device): ids validated here, never per step
         self._programs = {}
         for index, layer in steerer._layers.items():
@@ -396,8 +355,43 @@ class SteeringHooks(_Hooks):
                 ids, coeffs = steering_program(layer.source, concepts, factors)
                 programs[key] = _Program(layer.dictionary, ids.to(key[1]), coeffs.to(key[1]))
             self._programs[index] = programs[key]
+        self._gates = None if when is None else Gates(steerer, when)
+        # Gates read at the first steering layer itself join its steering program: one pass.
+        first = min(steerer.layers)
+        self._fused = None if self._gates is None else self._gates.fused(first, self._programs[first])
+        self._fused_layer = first
+        self._needs_index = positions != "all" or prefix_length > 0 or self._gates is not None
+        self._needs_columns = mask is not None
+        self._needs_fresh = True  # the readout (and the gates' state) start over with each text
+        self._readout_layers = sorted({*steerer.layers, *([] if self._gates is None else self._gates.gate_layers())})
+        self.readout = SteeringReadout(self._readout_layers, steerer._num_layers)
+        self._pass_rows = None
+
+    def apply(self):
+        """Register the hooks, with a fresh ``readout`` and cleared gate state."""
+        super().apply()
+        self.readout = SteeringReadout(self._readout_layers, self._steerer._num_layers)
+        if self._gates is not None:
+            self._gates.reset()
+        return self
+
+    def _apply_more(self):
+        # Gate concepts are read before any steering hook of their layer runs.
+        for index in [] if self._gates is None or self._fused is not None else self._gates.gate_layers():
+            module = self._steerer._modules[index]
+            hook = _LayerHook(self._on_gate_layer, index)
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=True))
+
+    def _on_forward(self, module, args, kwargs):
+        super()._on_forward(module, args, kwargs)
+        fresh = self._pass_rows.fresh
+        if fresh is True:
+            self.readout._clear()
+        if self._gates is not None:
+            self._gates.start_pass(fresh)
 
     def _select_rows(self, rows: Rows):
+        self._pass_rows = rows
         keep = rows.real
         if self.positions == "generation":
             if rows.generated is None:
@@ -418,21 +412,108 @@ class SteeringHooks(_Hooks):
         with_rest = torch.nn.functional.pad(mask, (0, 1), value=True)  # column `width` stands for all later ones
         return with_rest[:, rows.columns.clamp(max=width)]
 
+    def _on_gate_layer(self, index, hidden):
+        for acts in self._gates.read(index, hidden, self._pass_rows, self.prefix_length):
+            self.readout[index]._add_gate(acts)
+
     def _on_layer(self, index, hidden):
         rows = self._rows_for(hidden)
-        if rows is False:
-            return
+        if self._fused is not None and index == self._fused_layer:
+            return self._on_fused_layer(index, hidden, rows)
+        if rows is not False and self._gates is not None:
+            rows = _both(rows, self._gates.rows(hidden))
         program = self._programs[index]
         batch = hidden.shape[0]
-        ops.steer_prepared_(
+        acts = ops.steer_prepared_(  # no row to steer in this pass: read the concepts all the same
             hidden,
             program.dictionary.weight,
             fit_batch(program.ids, batch, "concepts"),
             fit_batch(program.coeffs, batch, "concepts"),
-            self.mode,
-            rows,
+            "detect" if rows is False else self.mode,
+            None if rows is False else rows,
             program.dictionary.bias,
         )
+        self.readout[index]._add(acts, rows)
+
+    def _on_fused_layer(self, index, hidden, rows):
+        """Gate and steered concepts in one op call: the kernel writes a row only if its gate passes."""
+        fused, program, batch = self._fused, self._programs[index], hidden.shape[0]
+        acts = ops.steer_prepared_(
+            hidden,
+            program.dictionary.weight,
+            fit_batch(fused.ids, batch, "concepts"),
+            fit_batch(fused.coeffs, batch, "concepts"),
+            "detect" if rows is False else self.mode,
+            None if rows is False else rows,
+            program.dictionary.bias,
+            fit_batch(fused.bounds, batch, "when"),
+            fit_batch(fused.gate_all, batch, "when"),
+        )
+        steering, gate_acts = acts[..., : fused.steering_slots], acts[..., fused.steering_slots :]
+        self._gates.record_fused(gate_acts, self._pass_rows, self.prefix_length)
+        steered = False if rows is False else _both(rows, self._gates.rows(hidden))
+        self.readout[index]._add(steering, steered)
+        self.readout[index]._add_gate(gate_acts)
+
+
+class SteeringLayerReadout:
+    """What the steering hooks read at one layer, every forward pass of one text in order:
+    ``acts`` (B, S, K) of the steered concepts before steering, ``steered`` (B, S) the rows the op
+    steered, ``gate_acts`` (B, S, G) of the gate concepts read here (None where none is)."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+        self._acts, self._steered, self._gate_acts = [], [], []
+
+    @property
+    def acts(self) -> torch.Tensor | None:
+        return torch.cat(self._acts, dim=1) if self._acts else None
+
+    @property
+    def steered(self) -> torch.Tensor | None:
+        if not self._steered:
+            return None
+        return torch.cat([_row_flags(rows, shape, device) for rows, shape, device in self._steered], dim=1)
+
+    @property
+    def gate_acts(self) -> torch.Tensor | None:
+        return torch.cat(self._gate_acts, dim=1) if self._gate_acts else None
+
+    def _add(self, acts, rows):
+        self._acts.append(acts)
+        self._steered.append((rows, acts.shape[:2], acts.device))
+
+    def _add_gate(self, acts):
+        self._gate_acts.append(acts)
+
+    def _clear(self):
+        self._acts.clear(), self._steered.clear(), self._gate_acts.clear()
+
+
+def _row_flags(rows, shape, device):
+    """A row mask as a (B, S) bool tensor: None means every row, False none."""
+    if isinstance(rows, torch.Tensor):
+        return rows
+    return torch.full(tuple(shape), rows is None, dtype=torch.bool, device=device)
+
+
+class SteeringReadout:
+    """``readout[layer]`` for each steered or gate layer (see ``SteeringLayerReadout``)."""
+
+    def __init__(self, layers: list[int], num_layers: int):
+        self._layers = {layer: SteeringLayerReadout(layer) for layer in layers}
+        self._num_layers = num_layers
+
+    def __getitem__(self, layer: int) -> SteeringLayerReadout:
+        return self._layers[resolve_layer_indices(layer, self._num_layers)[0]]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self._layers)
+
+    def _clear(self):
+        for layer in self._layers.values():
+            layer._clear()
 
 
 # --- detection ------------------------------------------------------------------------------------
@@ -547,7 +628,7 @@ class DetectionHooks(_Hooks):
                 rows = list(range(len(layer.source)))
                 self._detectors[index] = layer.dictionary
             else:
-                rows = [_row_of(layer.source, item) for item in _flat_list(concepts)]
+                rows = [row_of(layer.source, item) for item in flat_list(concepts)]
                 self._detectors[index] = layer.dictionary.subset(rows)
             names = layer.source.names
             self._columns[index] = (torch.tensor(rows), [names[row] for row in rows])

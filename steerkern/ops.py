@@ -11,42 +11,52 @@ import torch
 
 from . import reference
 from ._backend import load_compiled, use_compiled
-from .validation import check_detect_args, check_steer_args
+from .validation import check_detect_args, check_gate_args, check_steer_args
 
 _REDUCE = ("none", "max")
 
 
-def steer_(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None, check_ids=True):
+def steer_(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None, gate_bounds=None,
+           gate_all=None, check_ids=True):
     """Steer ``hidden`` in place and return the pre-steering activations of the chosen concepts.
 
     ``hidden`` (B, S, d) or (T, d); ``dictionary`` (N, d); ``concept_ids``/``coeffs`` (B, K) per
     sequence or (B, S, K)/(T, K) per row, -1 = empty slot; ``mode`` "add" | "clamp" | "detect";
-    ``mask`` (B, S)/(T,) rows to steer; ``bias`` (N,). Returns float32 acts, one per row and slot.
+    ``mask`` (B, S)/(T,) rows to steer; ``bias`` (N,). ``gate_bounds`` (..., K, 2) turns slots
+    into gates (see ``reference.steer``): a row is then written only where its gate passes, read
+    once either way. Returns float32 acts, one per row and slot (gate slots included).
     ``check_ids=False`` skips the id range check (a host sync on CUDA, skipped anyway under
     torch.compile); out-of-range ids then count as empty slots.
     """
     check_ids = check_ids and not torch.compiler.is_compiling()
     ids, alpha, mask = check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids)
+    gate_bounds, gate_all = check_gate_args(hidden, concept_ids, gate_bounds, gate_all)
     if not hidden.is_contiguous():  # the kernels write rows in place: work on a copy, write it back
         work = hidden.contiguous()
-        acts = steer_(work, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias, check_ids=False)
+        acts = steer_(work, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias, gate_bounds=gate_bounds,
+                      gate_all=gate_all, check_ids=False)
         hidden.copy_(work)
         return acts
-    if use_compiled():
-        return torch.ops.steerkern.steer_(hidden, dictionary.contiguous(), ids, alpha, mode, mask, bias)
-    steered, acts = reference.steer(hidden, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias)
+    if use_compiled(hidden.device):
+        return torch.ops.steerkern.steer_(hidden, dictionary.contiguous(), ids, alpha, mode, mask, bias, gate_bounds,
+                                          gate_all)
+    steered, acts = reference.steer(hidden, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias,
+                                    gate_bounds=gate_bounds, gate_all=gate_all)
     if mode != "detect":
         hidden.copy_(steered)
     return acts
 
 
-def steer_prepared_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias):
+def steer_prepared_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, gate_bounds=None, gate_all=None):
     """``steer_`` for a program checked once and called at every forward (the hooks): int64 ids,
-    float32 coeffs and a contiguous dictionary already. The compiled op checks shapes, dtypes and
-    devices itself, so the Python checks (tens of microseconds a step) are skipped when it runs."""
-    if use_compiled() and hidden.is_contiguous():
-        return torch.ops.steerkern.steer_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias)
-    return steer_(hidden, dictionary, concept_ids, coeffs, mode=mode, mask=mask, bias=bias, check_ids=False)
+    float32 coeffs (and gate bounds) and a contiguous dictionary already. The compiled op checks
+    shapes, dtypes and devices itself, so the Python checks (tens of microseconds a step) are
+    skipped when it runs."""
+    if use_compiled(hidden.device) and hidden.is_contiguous():
+        return torch.ops.steerkern.steer_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, gate_bounds,
+                                          gate_all)
+    return steer_(hidden, dictionary, concept_ids, coeffs, mode=mode, mask=mask, bias=bias, gate_bounds=gate_bounds,
+                  gate_all=gate_all, check_ids=False)
 
 
 def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=None, reduce="none"):
@@ -54,7 +64,7 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
     if reduce not in _REDUCE:
         raise ValueError(f"reduce must be one of {_REDUCE}, got {reduce!r}")
     weight, is_encoder, mask = check_detect_args(hidden, dictionary, bias, threshold, encoder, mask)
-    if use_compiled():
+    if use_compiled(hidden.device):
         return torch.ops.steerkern.detect(hidden, weight, is_encoder, bias, threshold, mask, reduce == "max")
     return reference.detect(
         hidden, dictionary, bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=reduce
@@ -63,7 +73,7 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
 
 def _register_fake_kernels():
     @torch.library.register_fake("steerkern::steer_")
-    def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias):
+    def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias, gate_bounds=None, gate_all=None):
         return hidden.new_empty((*hidden.shape[:-1], concept_ids.shape[-1]), dtype=torch.float32)
 
     @torch.library.register_fake("steerkern::detect")

@@ -17,7 +17,8 @@ def _programs_per_row(hidden: torch.Tensor, program: torch.Tensor) -> torch.Tens
     return program
 
 
-def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None):
+def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None, gate_bounds=None,
+          gate_all=None):
     """Return ``(steered_hidden, acts)``; ``hidden`` itself is left untouched.
 
     acts[..., k] = ReLU(h · W[c_k] + bias[c_k]) on the pre-steering values, 0 for empty slots.
@@ -25,6 +26,10 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
     clamp:  h' = h + Σ_k (α_k − a_k) W[c_k]
     detect: h' = h
     Steering applies only where ``mask`` is true; h + delta is computed in float32, rounded once.
+    ``gate_bounds`` (..., K, 2) = (above, below) makes a filled slot k a gate (NaN: a steering
+    slot): it steers nothing, and a row is steered only where one of its gates has
+    above < a_k < below (all of them where ``gate_all``, one flag per program, is true), or where
+    it has no gate.
     """
     work = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradient checks)
     ids = _programs_per_row(hidden, concept_ids).long()
@@ -42,6 +47,17 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
         return hidden.clone(), acts
     coef = alpha if mode == "add" else alpha - acts
     coef = torch.where(filled, coef, torch.zeros_like(coef))
+    if gate_bounds is not None:
+        above = _programs_per_row(hidden, gate_bounds[..., 0]).float()
+        below = _programs_per_row(hidden, gate_bounds[..., 1]).float()
+        gates = ~above.isnan() & filled
+        passes = (acts > above) & (acts < below)
+        every = torch.zeros(ids.shape[:-1], dtype=torch.bool, device=ids.device)
+        if gate_all is not None:
+            every = _programs_per_row(hidden, gate_all[..., None])[..., 0].expand(ids.shape[:-1])
+        opened = torch.where(every, (passes | ~gates).all(-1), (passes & gates).any(-1)) | ~gates.any(-1)
+        mask = opened if mask is None else mask & opened
+        coef = torch.where(gates, torch.zeros_like(coef), coef)
     delta = torch.einsum("...k,...kd->...d", coef, rows)
     steered = h + delta
     if mask is not None:

@@ -18,6 +18,8 @@ def _check_hidden_and_dictionary(hidden, dictionary, dictionary_name="dictionary
         _fail(f"hidden must be a float32, bfloat16 or float16 tensor, got {getattr(hidden, 'dtype', type(hidden))}")
     if hidden.dim() not in (2, 3):
         _fail(f"hidden must be (B, S, d) or (T, d), got shape {tuple(hidden.shape)}")
+    if hidden.shape[-1] == 0:
+        _fail(f"hidden has d = 0 (shape {tuple(hidden.shape)}); rows need at least one feature")
     if dictionary.dim() != 2:
         _fail(f"{dictionary_name} must be 2-D, got shape {tuple(dictionary.shape)}")
     if dictionary.dtype not in (hidden.dtype, torch.float32):
@@ -48,6 +50,29 @@ def _check_mask(mask, hidden):
     if mask.device != hidden.device:
         _fail(f"mask is on {mask.device} but hidden is on {hidden.device}")
     return mask.contiguous()
+
+
+def check_gate_args(hidden, concept_ids, gate_bounds, gate_all):
+    """Validate ``steer_``'s gate arguments; return (float32 bounds, bool gate_all), contiguous."""
+    if gate_bounds is None:
+        if gate_all is not None:
+            _fail("gate_all needs gate_bounds")
+        return None, None
+    shape = tuple(concept_ids.shape) + (2,)
+    if not gate_bounds.is_floating_point() or tuple(gate_bounds.shape) != shape:
+        _fail(f"gate_bounds must be floating point with shape {shape} (above, below per slot), "
+              f"got {gate_bounds.dtype} {tuple(gate_bounds.shape)}")
+    if gate_bounds.device != hidden.device:
+        _fail(f"gate_bounds is on {gate_bounds.device} but hidden is on {hidden.device}")
+    if gate_all is not None:
+        programs = tuple(concept_ids.shape[:-1])
+        if gate_all.dtype != torch.bool or tuple(gate_all.shape) != programs:
+            _fail(f"gate_all must be a bool tensor of shape {programs} (one flag per program), "
+                  f"got {gate_all.dtype} {tuple(gate_all.shape)}")
+        if gate_all.device != hidden.device:
+            _fail(f"gate_all is on {gate_all.device} but hidden is on {hidden.device}")
+        gate_all = gate_all.contiguous()
+    return gate_bounds.float().contiguous(), gate_all
 
 
 def check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids):

@@ -33,3 +33,14 @@ def make_program(shape, n_concepts, empty_slots, device, generator):
         ids[torch.rand(shape, generator=generator) < 0.3] = -1
     coeffs = torch.empty(shape).uniform_(-5.0, 5.0, generator=generator)
     return ids.to(device), coeffs.to(device)
+
+
+def poison_allocator(device, *nbytes):
+    """Leave NaN in the CUDA caching allocator's free blocks of these sizes (default: a ladder from
+    512 B to 64 MB), so an op that skips writing part of a fresh output cannot find the right
+    values left there by an earlier call."""
+    if torch.device(device).type != "cuda":
+        return
+    sizes = nbytes or [512 << shift for shift in range(18)]
+    blocks = [torch.empty(max(size, 4) // 4, dtype=torch.float32, device=device).fill_(float("nan")) for size in sizes]
+    del blocks

@@ -233,6 +233,20 @@ def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
         assert case["hidden_shape"] == [1, 64, 48]
 
 
+def test_bench_fails_when_the_fused_op_fails_but_not_when_a_baseline_does(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    argv = [*TINY_BENCH, "--dtype", "fp32", "--ops", "steer", "--mode", "add", "--program", "token",
+            "--providers", "steerkern,naive,roof"]
+    monkeypatch.setattr(bench, "naive_steer_", broken)
+    status, _, err = run(argv, capsys)
+    assert status == 0 and "[naive]: RuntimeError: kernel exploded" in err
+    monkeypatch.setattr(bench, "steer_", broken)
+    status, _, err = run(argv, capsys)
+    assert status == 1 and "the fused op failed" in err and "[steerkern]: RuntimeError: kernel exploded" in err
+
+
 def test_bench_times_torch_compile_of_the_reference(capsys):
     argv = [*TINY_BENCH, "--dtype", "fp32", "--ops", "steer", "--mode", "clamp", "--program", "token", "--k", "2",
             "--providers", "steerkern,compile,roof"]

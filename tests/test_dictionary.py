@@ -112,7 +112,7 @@ def test_built_from_tensors_has_defaults():
         ({"weight": torch.randn(0, WIDTH)}, "no rows"),
         ({"bias": torch.randn(ROWS + 1)}, r"bias must be a floating-point tensor of shape \(7,\)"),
         ({"max_act": torch.randn(ROWS - 1)}, r"max_act must have shape \(7,\)"),
-        ({"max_act": torch.tensor([1.0] * (ROWS - 1) + [math.inf])}, "max_act must be finite"),
+        ({"max_act": torch.tensor([1.0] * (ROWS - 1) + [math.inf])}, "max_act holds NaN or Inf at row 6"),
         ({"thresholds": torch.randn(2, ROWS)}, "thresholds must have shape"),
         ({"encoder": torch.randn(ROWS, WIDTH)}, r"encoder must be .* shape \(769, 7\)"),
         ({"b_enc": torch.randn(ROWS)}, "pass encoder as well"),
@@ -132,15 +132,76 @@ def test_constructor_rejects_bad_input(changes, message):
 def test_to_returns_a_moved_copy_and_keeps_float32_activations():
     original = reft_dictionary()
     half = original.to(dtype=torch.bfloat16)
-    assert half is not original and half.dtype == torch.bfloat16 and half.bias.dtype == torch.bfloat16
-    assert half.max_act.dtype == torch.float32 and half.thresholds.dtype == torch.float32
+    assert half is not original and half.dtype == torch.bfloat16
+    assert {half.bias.dtype, half.max_act.dtype, half.thresholds.dtype} == {torch.float32}
+    assert torch.equal(half.bias, original.bias)
     assert original.dtype == torch.float32
     torch.testing.assert_close(half.weight, original.weight.bfloat16(), rtol=0, atol=0)
     assert half.concepts == original.concepts and half.concepts is not original.concepts
     sae = sae_dictionary().to(dtype=torch.float16)
-    assert {sae.encoder.dtype, sae.b_enc.dtype, sae.threshold.dtype, sae.b_dec.dtype} == {torch.float16}
+    assert {sae.encoder.dtype, sae.b_dec.dtype} == {torch.float16}
+    assert {sae.b_enc.dtype, sae.threshold.dtype} == {torch.float32}
+    assert torch.equal(sae.threshold, sae_dictionary().threshold)
     with pytest.raises(ValueError, match="floating-point"):
         original.to(dtype=torch.int32)
+
+
+def test_detection_offsets_given_in_half_precision_are_kept_float32():
+    dictionary = ConceptDictionary(random_rows(ROWS, WIDTH).half(), bias=torch.randn(ROWS).half())
+    assert dictionary.dtype == torch.float16 and dictionary.bias.dtype == torch.float32
+
+
+def _poisoned(name, index, value):
+    arguments = {"weight": random_rows(ROWS, WIDTH), "bias": torch.zeros(ROWS), "max_act": torch.ones(ROWS),
+                 "thresholds": torch.ones(ROWS), "encoder": random_rows(ROWS, WIDTH).T.contiguous(),
+                 "b_enc": torch.zeros(ROWS), "threshold": torch.zeros(ROWS), "b_dec": torch.zeros(WIDTH)}
+    target = arguments[name]
+    if name == "encoder":
+        target[100, index] = value
+    elif target.dim() == 2:
+        target[index, 100] = value
+    else:
+        target[index] = value
+    return arguments
+
+
+@pytest.mark.parametrize("name", ["weight", "bias", "max_act", "thresholds", "encoder", "b_enc", "threshold", "b_dec"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_values_are_refused_naming_the_first_bad_row(name, value):
+    if name == "thresholds" and math.isnan(value):
+        assert torch.isnan(ConceptDictionary(**_poisoned(name, 4, value)).thresholds[4])  # NaN = unknown
+        return
+    where = {"b_dec": "feature", "encoder": "column"}.get(name, "row")
+    with pytest.raises(ValueError, match=f"{name} holds .*Inf at {where} 4;"):
+        ConceptDictionary(**_poisoned(name, 4, value))
+
+
+def test_non_finite_rows_beyond_the_first_chunk_are_found():
+    weight = random_rows(3000, 769)
+    weight[2999, 0] = math.nan
+    with pytest.raises(ValueError, match="weight holds NaN or Inf at row 2999"):
+        ConceptDictionary(weight)
+
+
+def test_non_finite_file_is_refused_at_load(tmp_path):
+    path = saved(tmp_path)
+    tensors = {}
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+        for key in file.keys():
+            tensors[key] = file.get_tensor(key)
+    tensors["weight"][5, 3] = math.inf
+    save_file(tensors, path, metadata=metadata)
+    with pytest.raises(ValueError, match="weight holds NaN or Inf at row 5") as error:
+        ConceptDictionary.load(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_converting_to_float16_that_overflows_is_refused():
+    weight = random_rows(ROWS, WIDTH)
+    weight[2, 0] = 1e6
+    with pytest.raises(ValueError, match="weight holds NaN or Inf at row 2"):
+        ConceptDictionary(weight).to(dtype=torch.float16)
 
 
 # --- subsets and search -------------------------------------------------------------------------
@@ -249,7 +310,7 @@ def test_round_trip_of_a_subset_keeps_ids_and_unicode(tmp_path):
 def test_load_into_dtype(tmp_path):
     reft_dictionary().save(tmp_path / "d.safetensors")
     loaded = ConceptDictionary.load(tmp_path / "d.safetensors", dtype=torch.float16, device="cpu")
-    assert loaded.dtype == torch.float16 and loaded.bias.dtype == torch.float16
+    assert loaded.dtype == torch.float16 and loaded.bias.dtype == torch.float32
     assert loaded.max_act.dtype == torch.float32
 
 
@@ -534,9 +595,11 @@ def test_failed_load_leaves_other_dictionaries_alone(tmp_path):
 
 
 def resident_mib() -> float:
+    # Anonymous memory only: the mapped file's pages, read once by the finiteness check, belong
+    # to the page cache and are not a copy.
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     pytest.skip("needs /proc/self/status to read resident memory")
 

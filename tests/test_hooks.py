@@ -470,12 +470,18 @@ def test_hooks_never_synchronize_the_host_in_a_decode_step(dictionary):
     hidden = torch.randn(3, 1, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
     steering = steerer.steer(CONCEPTS, FACTORS, prefix_length=1, mask=torch.ones(3, 4, dtype=torch.bool))
     detection = steerer.detect(prefix_length=1)
-    for hooks in (steering, detection):
+    fused_gate = steerer.steer(CONCEPTS, FACTORS, when=steerkern.Condition(5, above=0.1, layer=LAYER))
+    earlier_gates = steerer.steer(CONCEPTS, FACTORS, prefix_length=1, when=[
+        steerkern.Condition(5, above=0.1, layer=LAYER - 1, scope="prompt"), None,
+        steerkern.Condition(6, below=0.3, layer=LAYER - 1, scope="latched")])
+    for hooks in (steering, detection, fused_gate, earlier_gates):
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
-        try:  # what one decode step runs: the stack's pre-hook, then the layer's hook
+        try:  # what one decode step runs: the stack's pre-hook, then the layers' hooks
             hooks._on_model_forward(model, (), step)
             hooks._on_forward(model.model, (), step)
-            _LayerHook(hooks, LAYER)(layer, (hidden,), {}, hidden)
+            if hooks is earlier_gates:
+                _LayerHook(hooks._on_gate_layer, LAYER - 1)(layer, (hidden,), {}, hidden)
+            _LayerHook(hooks._on_layer, LAYER)(layer, (hidden,), {}, hidden)
         finally:
             torch.cuda.set_sync_debug_mode(0)

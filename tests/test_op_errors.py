@@ -27,6 +27,7 @@ STEER_ERRORS = [
     ("hidden float64", dict(hidden=torch.ones(2, 3, 16, dtype=torch.float64)), {}, "hidden must be a float32"),
     ("hidden rank 1", dict(hidden=torch.ones(16)), {}, r"hidden must be \(B, S, d\)"),
     ("d mismatch", dict(dictionary=torch.randn(10, 15)), {}, "differs from the dictionary's d"),
+    ("d zero", dict(hidden=torch.ones(2, 3, 0), dictionary=torch.ones(10, 0)), {}, "hidden has d = 0"),
     ("dictionary dtype", dict(dictionary=torch.randn(10, 16, dtype=torch.float16)), {}, "dictionary must have hidden's dtype"),
     ("dictionary rank", dict(dictionary=torch.randn(10, 16, 1)), {}, "dictionary must be 2-D"),
     ("id too large", dict(concept_ids=torch.tensor([[1, 10], [3, -1]])), {}, "concept_ids holds 10"),
@@ -58,6 +59,7 @@ def test_steer_rejects_bad_input_without_writing(name, override, kwargs, message
 DETECT_ERRORS = [
     ("d mismatch", dict(dictionary=torch.randn(10, 15)), "differs from the dictionary's d"),
     ("encoder d", dict(encoder=torch.randn(15, 10)), "differs from the encoder's d"),
+    ("d zero", dict(hidden=torch.ones(2, 3, 0), dictionary=torch.ones(10, 0)), "hidden has d = 0"),
     ("threshold shape", dict(threshold=torch.ones(4)), r"threshold must have shape \(10,\)"),
     ("reduce", dict(reduce="mean"), "reduce must be one of"),
     ("mask", dict(mask=torch.ones(2, 3)), "mask must be a bool"),
@@ -67,9 +69,9 @@ DETECT_ERRORS = [
 @pytest.mark.parametrize("name,kwargs,message", DETECT_ERRORS, ids=[e[0] for e in DETECT_ERRORS])
 def test_detect_rejects_bad_input(name, kwargs, message):
     args = _good()
-    dictionary = kwargs.pop("dictionary", args["dictionary"])
+    hidden, dictionary = kwargs.pop("hidden", args["hidden"]), kwargs.pop("dictionary", args["dictionary"])
     with pytest.raises(ValueError, match=message):
-        steerkern.detect(args["hidden"], dictionary, **kwargs)
+        steerkern.detect(hidden, dictionary, **kwargs)
 
 
 def test_raw_op_checks_its_arguments():
@@ -81,3 +83,7 @@ def test_raw_op_checks_its_arguments():
         torch.ops.steerkern.steer_(args["hidden"], args["dictionary"], args["concept_ids"].int(), args["coeffs"], "add", None, None)
     with pytest.raises((ValueError, RuntimeError), match="mode must be add, clamp or detect"):
         torch.ops.steerkern.steer_(args["hidden"], args["dictionary"], args["concept_ids"], args["coeffs"], "x", None, None)
+    with pytest.raises((ValueError, RuntimeError), match="hidden has d = 0"):
+        torch.ops.steerkern.steer_(torch.randn(2, 3, 0), torch.randn(5, 0), args["concept_ids"], args["coeffs"], "add", None, None)
+    with pytest.raises((ValueError, RuntimeError), match="hidden has d = 0"):
+        torch.ops.steerkern.detect(torch.randn(2, 3, 0), torch.randn(5, 0), False, None, None, None, False)

@@ -4,14 +4,16 @@ and the reference fallback works when the compiled module is missing or not want
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 import steerkern
-from steerkern import reference
+from steerkern import _backend, reference
 from tests.op_cases import make_program, unit_rows
 
 compiled = pytest.mark.skipif(steerkern.build_info()["backend"] != "compiled", reason="steerkern._C is not built")
@@ -96,7 +98,47 @@ def test_build_info_reports_versions():
     if info["backend"] == "compiled":
         assert info["built_torch"] == torch.__version__
         if info["compiled_with_cuda"]:
-            assert {"sm_80", "sm_90"} <= set(info["cuda_archs"])
+            assert info["cuda_archs"] and all(re.fullmatch(r"sm_\d+a?", arch) for arch in info["cuda_archs"])
+
+
+@pytest.mark.cuda
+def test_the_devices_arch_is_compiled_in():
+    info = steerkern.build_info()
+    assert info["compiled_with_cuda"], "the CUDA kernels were not built"
+    major, minor = torch.cuda.get_device_capability()
+    assert f"sm_{major}{minor}" in info["cuda_archs"], (info["cuda_archs"], torch.cuda.get_device_name())
+
+
+class _CompiledWithoutCuda:
+    WITH_CUDA = 0
+
+
+def _without_cuda_kernels(monkeypatch):
+    monkeypatch.delenv("STEERKERN_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_compiled", _CompiledWithoutCuda())
+    monkeypatch.setattr(_backend, "_warned_no_cuda", False)
+
+
+def test_compiled_module_without_cuda_leaves_cuda_tensors_to_the_reference(monkeypatch):
+    _without_cuda_kernels(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [_backend.use_compiled(torch.device("cuda", 0)) for _ in range(3)] == [False] * 3
+        assert _backend.use_compiled(torch.device("cpu")) and _backend.use_compiled()
+    messages = [str(w.message) for w in caught if "built without CUDA" in str(w.message)]
+    assert len(messages) == 1, messages
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_run_the_reference_when_compiled_without_cuda(monkeypatch):
+    _without_cuda_kernels(monkeypatch)
+    hidden, dictionary, ids, coeffs, mask, bias = _steer_args("cuda")
+    expected, expected_acts = reference.steer(hidden, dictionary, ids, coeffs, mask=mask, bias=bias)
+    with pytest.warns(RuntimeWarning, match="built without CUDA"):
+        acts = steerkern.steer_(hidden, dictionary, ids, coeffs, mask=mask, bias=bias)
+    assert torch.equal(hidden, expected) and torch.equal(acts, expected_acts)
+    scores = steerkern.detect(hidden, dictionary, bias=bias)
+    assert torch.equal(scores, reference.detect(hidden, dictionary, bias=bias))
 
 
 @compiled

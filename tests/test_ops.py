@@ -3,13 +3,13 @@ modes x dtypes x program kinds x masks x empty slots x odd sizes, plus opcheck a
 
 from __future__ import annotations
 
-import allpairspy
 import pytest
 import torch
 
 import steerkern
 from steerkern import reference
-from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, unit_rows
+from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, poison_allocator, unit_rows
+from tests.pairwise import all_pairs, uncovered_pairs
 
 AXES = {
     "mode": ["add", "clamp", "detect"],
@@ -25,15 +25,18 @@ AXES = {
 }
 
 
-def _small_enough(values):
+def _small_enough(case):
     # The reference gathers K dictionary rows per row: keep its (rows, K, d) tensor modest.
-    named = dict(zip(AXES, values))
-    if {"rows", "slots", "d"} <= named.keys():
-        return named["rows"] * named["slots"] * named["d"] <= 4097 * 3 * 2304
-    return True
+    return case["rows"] * case["slots"] * case["d"] <= 4097 * 3 * 2304
 
 
-GRID = [dict(zip(AXES, case)) for case in allpairspy.AllPairs(list(AXES.values()), filter_func=_small_enough)]
+GRID = all_pairs(AXES, _small_enough)
+
+
+def test_grids_cover_every_pair():
+    assert uncovered_pairs(GRID, AXES, _small_enough) == []
+    assert all(_small_enough(case) for case in GRID)
+    assert uncovered_pairs(DETECT_GRID, DETECT_AXES) == []
 
 
 def _case_id(case):
@@ -58,11 +61,13 @@ def _inputs(case, device, seed):
 
 def _check_steer(case, device, seed=0):
     hidden, dictionary, ids, coeffs, mask, bias = _inputs(case, device, seed)
-    expected_hidden, expected_acts = reference.steer(
-        hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias
-    )
     original = hidden.clone()
+    # The op runs first, on a poisoned allocator: its output cannot inherit the reference's.
+    poison_allocator(device, 4 * ids.shape[-1] * original[..., 0].numel())
     acts = steerkern.steer_(hidden, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias)
+    expected_hidden, expected_acts = reference.steer(
+        original, dictionary, ids, coeffs, mode=case["mode"], mask=mask, bias=bias
+    )
 
     assert acts.dtype == torch.float32 and acts.shape == (*hidden.shape[:-1], ids.shape[-1])
     assert_acts_close(acts, expected_acts, case["d"])
@@ -145,7 +150,7 @@ DETECT_AXES = {
     "shape": [(1, 1, 7), (3, 5, 769), (2, 33, 64), (40, 16)],
     "dictionary_fp32": [False, True],
 }
-DETECT_GRID = [dict(zip(DETECT_AXES, case)) for case in allpairspy.AllPairs(list(DETECT_AXES.values()))]
+DETECT_GRID = all_pairs(DETECT_AXES)
 
 
 def _check_detect(case, device):
@@ -160,12 +165,12 @@ def _check_detect(case, device):
     threshold = (0.2 * torch.rand(n_concepts, generator=gen)).to(device) if case["threshold"] else None
     mask = (torch.rand(shape[:-1], generator=gen) < 0.7).to(device) if case["masked"] else None
     kwargs = dict(bias=bias, threshold=threshold, encoder=encoder, mask=mask, reduce=case["reduce"])
-    expected = reference.detect(hidden, dictionary, **kwargs)
+    poison_allocator(device)
     scores = steerkern.detect(hidden, dictionary, **kwargs)
+    expected = reference.detect(hidden, dictionary, **kwargs)
     assert scores.dtype == torch.float32 and scores.shape == expected.shape
-    # Half inputs go through a half-precision GEMM: one rounding of each pre-activation.
-    rtol = 1e-5 if dtype == torch.float32 and weight_dtype == torch.float32 else 2 * 2.0**-8
-    torch.testing.assert_close(scores, expected, rtol=rtol, atol=1e-4 if rtol == 1e-5 else 2e-2)
+    # Pre-activations are accumulated and kept in float32 whatever the inputs' dtype.
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5 * d**0.5)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -185,3 +190,34 @@ def test_blocks_and_chunks_with_partial_masks(device, mode, dtype, program):
     case = dict(GRID[0], mode=mode, dtype=dtype, program=program, masked=True, empty_slots=True,
                 d=2 * 1024 + 37, rows=3 * 13, slots=6, dictionary_fp32=False, bias=True)
     _check_steer(case, device, seed=4)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_detect_threshold_sees_the_unrounded_pre_activation(device, dtype):
+    # 100 + 0.21875 rounds to 100 in bfloat16, below the threshold of 100.1: the JumpReLU must
+    # see the float32 sum, as the reference does.
+    d = 64
+    hidden = torch.zeros(3, d, dtype=dtype, device=device)
+    hidden[:, 0], hidden[:, 1] = 100.0, 0.21875
+    encoder = torch.zeros(d, 2, dtype=dtype, device=device)
+    encoder[:2, 0] = 1.0
+    encoder[0, 1] = 1.0
+    threshold = torch.tensor([100.1, 99.0], device=device)
+    for reduce in ("none", "max"):
+        scores = steerkern.detect(hidden, None, encoder=encoder, threshold=threshold, reduce=reduce)
+        expected = reference.detect(hidden, None, encoder=encoder, threshold=threshold, reduce=reduce)
+        assert expected[..., 0].eq(100.21875).all()
+        torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+
+
+def test_detect_converts_the_input_a_chunk_at_a_time():
+    # With few concepts the GEMM output of a chunk is small, but the float32 copy of the chunk's
+    # rows is not: the chunk size must count it (T rows of d = 4096 would take 1 GiB at once).
+    hidden = torch.randn(1 << 16, 4096, dtype=torch.bfloat16)
+    dictionary = unit_rows(4, 4096, torch.float32, "cpu", torch.Generator().manual_seed(8))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        scores = steerkern.detect(hidden, dictionary, reduce="max")
+    largest = max(event.self_cpu_memory_usage for event in prof.events())
+    assert 64 << 20 <= largest <= 300 << 20, f"one allocation of {largest >> 20} MiB"
+    torch.testing.assert_close(scores, reference.detect(hidden, dictionary, reduce="max"), rtol=1e-5, atol=1e-3)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..hooks import as_dictionary, fit_batch, steering_program
+from ..programs import as_dictionary, fit_batch, steering_program
 
 
 def resid_post(layer: int) -> str:
