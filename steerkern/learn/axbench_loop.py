@@ -18,15 +18,14 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from ..models import find_decoder_layers
-from .forward import frozen, model_device, rewriting_layer
+from .forward import frozen, model_device, model_width, rewriting_layer
 from .reft_r1 import INITIAL_VALUE, Hyperparameters
 
 
 def train_one_concept(model, encoder, encoded, layer: int, hyper: Hyperparameters) -> torch.Tensor:
     """The row AxBench's loop learns from one concept's encoded examples (positives, then negatives)."""
     device = model_device(model)
-    width = model.config.get_text_config().hidden_size
-    proj = torch.nn.Linear(width, 1).to(device)
+    proj = torch.nn.Linear(model_width(model), 1).to(device)
     with torch.no_grad():
         proj.weight.fill_(INITIAL_VALUE)
         proj.bias.fill_(0)

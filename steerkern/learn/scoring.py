@@ -14,7 +14,7 @@ import torch
 from ..ops import detect
 from .data import read_training_data
 from .encoding import Encoder
-from .forward import check_layer, model_device, read_layer
+from .forward import check_layer, model_device, model_width, read_layer
 
 MAX_ACT_FALLBACK = 50.0  # AxBench's max_act for a concept whose largest activation is not positive
 
@@ -57,7 +57,7 @@ def evaluate(model, tokenizer, dictionary, data, layer: int, batch_size=32) -> d
     read with its row of ``dictionary``."""
     layer = check_layer(model, layer)
     data = read_training_data(data)
-    dictionary.check_hidden_size(model.config.get_text_config().hidden_size)
+    dictionary.check_hidden_size(model_width(model))
     encoder = Encoder(tokenizer)
     rows_of = [dictionary.lookup(concept.concept_id) for concept in data.concepts]
     wanted = [[] for _ in data.examples]
