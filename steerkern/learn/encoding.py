@@ -3,7 +3,7 @@
 With a chat template, a text is the templated instruction (one user turn and the generation
 prompt) followed by the raw response; without one, the instruction followed by the response. The
 tokenizer adds BOS. Both methods read this form (AxBench's DiffMean templates the response as an
-assistant turn and cuts the end-of-turn marker; the tokens read differ only in that marker). ``prefix_length`` is the template's common prefix (AxBench's
+assistant turn, which leaves a few end-of-turn tokens after it; they are not read here). ``prefix_length`` is the template's common prefix (AxBench's
 ``get_prefix_length``: where the templates of two different messages first differ), or 1 (BOS)
 without a template: positions from there to the end of the text are read and steered.
 """
