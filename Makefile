@@ -8,7 +8,7 @@ export MAX_JOBS ?= $(shell nproc)
 
 TORCH_VERSION ?= 2.14.1
 DEPS := torch==$(TORCH_VERSION) transformers pybind11 ninja numpy safetensors huggingface_hub tqdm \
-	pytest pytest-benchmark setuptools wheel
+	pytest pytest-benchmark setuptools wheel pyarrow pandas
 SOURCES := $(wildcard csrc/*) setup.py
 
 # vLLM's CPU build pins its own torch, so the serving plugin is tested in a second environment.

@@ -3,6 +3,7 @@
 from ._backend import build_info
 from .conditions import Condition, all_of, any_of
 from .dictionary import ConceptDictionary
+from .functional import steer
 from .hooks import DetectionHooks, Readout, Steerer, SteeringHooks
 from .models import find_decoder_layers
 from .ops import detect, steer_
@@ -22,5 +23,6 @@ __all__ = [
     "build_info",
     "detect",
     "find_decoder_layers",
+    "steer",
     "steer_",
 ]

