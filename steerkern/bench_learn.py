@@ -6,7 +6,8 @@
 - DiffMean: the rows of ``N`` concepts from one pass over the data against AxBench's per-concept
   loop (each concept's positives and its genre's negatives tokenized and run through the whole
   model); both timed from rows of data to rows of the dictionary. The loop's cost is the same for
-  every concept, so it is timed over a sample of concepts and scaled to ``N``.
+  every concept, so it is timed over a sample of concepts (half before the one pass, half after)
+  and scaled to ``N``. ReFT-r1's loops run in interleaved rounds; figures are medians.
 
 The model is the demo's Gemma-2 from ``Gemma2Config`` (random weights: speed does not depend on
 them) with its character tokenizer; texts are random words, instruction and response alike.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import statistics
 import time
 
 import torch
@@ -44,6 +46,7 @@ def add_arguments(parser) -> None:
     group.add_argument("--learn-batches", type=_comma_list(int), default=list(REFT_BATCHES), metavar="B,...",
                        help="ReFT-r1 batch sizes, multiples of AxBench's 6 (default: 6,12,24,48,96)")
     group.add_argument("--learn-steps", type=_positive_int, default=3, metavar="N", help="ReFT-r1 updates per concept (default: 3)")
+    group.add_argument("--learn-rounds", type=_positive_int, default=3, metavar="N", help="interleaved ReFT-r1 rounds, medians reported (default: 3)")
     group.add_argument("--diffmean-concepts", type=_positive_int, default=500, metavar="N", help="DiffMean concepts (default: 500)")
     group.add_argument("--diffmean-positives", type=_positive_int, default=72, metavar="N", help="positives per concept (default: 72, Concept500's)")
     group.add_argument("--diffmean-sample", type=_positive_int, default=20, metavar="N",
@@ -64,8 +67,9 @@ def synthetic_rows(concepts, positives, negatives_per_genre, genres=3, seed=0, w
     return rows
 
 
-def bench_reft(model, tokenizer, layer, batches, steps) -> dict:
-    """Examples/s of both ReFT-r1 loops; each concept has ``steps`` batches of 6 (half positives)."""
+def bench_reft(model, tokenizer, layer, batches, steps, rounds=3) -> dict:
+    """Examples/s of both ReFT-r1 loops, medians over ``rounds``; each concept has ``steps``
+    batches of 6 (half positives)."""
     if any(batch % 6 for batch in batches):
         raise ValueError(f"ReFT-r1 batch sizes must be multiples of AxBench's 6 examples per concept, got {batches}")
     groups = [batch // 6 for batch in batches]
@@ -88,14 +92,22 @@ def bench_reft(model, tokenizer, layer, batches, steps) -> dict:
                 trainer.train(Progress(0, "", enabled=False))
 
     _seconds(lambda: steerkern(1))  # warm-up: allocator, kernels, autograd graph
-    baseline = _seconds(axbench)
+    # Rounds interleave the loops (in a rotating order), so a change in the machine's load hits
+    # them alike; each ratio is taken within a round, then the median over rounds.
+    providers = [("axbench", axbench)] + [(group, lambda group=group: steerkern(group)) for group in groups]
+    seconds = {name: [] for name, _ in providers}
+    for round_index in range(rounds):
+        for name, run in providers[round_index % len(providers):] + providers[: round_index % len(providers)]:
+            seconds[name].append(_seconds(run))
+    baseline = statistics.median(seconds["axbench"])
     curve = []
     for batch, group in zip(batches, groups):
-        seconds = _seconds(lambda: steerkern(group))
-        curve.append({"batch": batch, "concepts_per_batch": group, "seconds": seconds,
-                      "examples_per_s": examples / seconds, "speedup": baseline / seconds})
-    return {"concepts": concepts, "updates_per_concept": steps, "examples": examples, "axbench_seconds": baseline,
-            "axbench_examples_per_s": examples / baseline, "steerkern": curve}
+        ratios = [axbench_time / own for axbench_time, own in zip(seconds["axbench"], seconds[group])]
+        median = statistics.median(seconds[group])
+        curve.append({"batch": batch, "concepts_per_batch": group, "seconds": median,
+                      "examples_per_s": examples / median, "speedup": statistics.median(ratios)})
+    return {"concepts": concepts, "updates_per_concept": steps, "examples": examples, "rounds": rounds,
+            "axbench_seconds": baseline, "axbench_examples_per_s": examples / baseline, "steerkern": curve}
 
 
 def bench_diffmean(model, tokenizer, layer, concepts, positives, sample) -> dict:
@@ -107,14 +119,18 @@ def bench_diffmean(model, tokenizer, layer, concepts, positives, sample) -> dict
         setup = common.prepare(model, tokenizer, data, layer)
         diffmean_rows(model, setup)
 
-    def per_concept_loop():
+    def per_concept_loop(chosen):
         encoder = Encoder(tokenizer)
-        for concept in data.concepts[:sample]:
+        for concept in chosen:
             axbench_loop.diffmean_one_concept(model, encoder, [data.examples[i] for i in concept.positives],
                                               [data.examples[i] for i in concept.negatives], layer)
 
+    # The loop's sample is timed half before and half after the one pass, so drift in the
+    # machine's load between them evens out.
+    half = sample // 2
+    loop_seconds = _seconds(lambda: per_concept_loop(data.concepts[:half]))
     one_pass_seconds = _seconds(one_pass)
-    loop_seconds = _seconds(per_concept_loop) * concepts / sample
+    loop_seconds = (loop_seconds + _seconds(lambda: per_concept_loop(data.concepts[half:sample]))) * concepts / sample
     return {"concepts": concepts, "positives_per_concept": positives, "negatives_per_genre": positives, "genres": 3,
             "examples": len(rows), "one_pass_seconds": one_pass_seconds, "per_concept_loop_seconds": loop_seconds,
             "loop_timed_on_concepts": sample, "speedup": loop_seconds / one_pass_seconds}
@@ -137,9 +153,10 @@ def run(args, device) -> dict:
         ("threads", str(torch.get_num_threads())),
     ]))
     result = {"model": {"hidden_size": config.hidden_size, "layers": config.num_hidden_layers, "layer": layer}}
-    result["reft_r1"] = reft_result = bench_reft(model, tokenizer, layer, args.learn_batches, args.learn_steps)
-    print(f"\nReFT-r1: {reft_result['concepts']} concepts x {reft_result['updates_per_concept']} updates of 6 examples each; "
-          f"AxBench's loop (one concept at a time, batch 6): {reft_result['axbench_examples_per_s']:.1f} examples/s")
+    result["reft_r1"] = reft_result = bench_reft(model, tokenizer, layer, args.learn_batches, args.learn_steps, args.learn_rounds)
+    print(f"\nReFT-r1: {reft_result['concepts']} concepts x {reft_result['updates_per_concept']} updates of 6 examples each, "
+          f"medians of {reft_result['rounds']} interleaved rounds; AxBench's loop (one concept at a time, batch 6): "
+          f"{reft_result['axbench_examples_per_s']:.1f} examples/s")
     print(format_table(["batch", "concepts/batch", "examples/s", "vs AxBench loop"],
                        [[r["batch"], r["concepts_per_batch"], f"{r['examples_per_s']:.1f}", f"{r['speedup']:.2f}×"]
                         for r in reft_result["steerkern"]]))

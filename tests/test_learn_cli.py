@@ -156,7 +156,7 @@ def test_torchrun_two_processes_write_the_one_process_dictionary(model_dir, data
 
 def test_bench_learn_reports_both_methods_against_axbench_loops(tmp_path, capsys):
     report = tmp_path / "learn.json"
-    argv = ["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "6,12", "--learn-steps", "1",
+    argv = ["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "6,12", "--learn-steps", "1", "--learn-rounds", "2",
             "--diffmean-concepts", "4", "--diffmean-positives", "3", "--diffmean-sample", "2", "--json", str(report)]
     assert main(argv) == 0
     out = capsys.readouterr().out
