@@ -434,32 +434,27 @@ class SteeringHooks(_Hooks):
         if rows is not False and self._gates is not None:
             rows = _both(rows, self._gates.rows(hidden))
         program = self._programs[index]
-        batch = hidden.shape[0]
-        acts = ops.steer_prepared_(  # no row to steer in this pass: read the concepts all the same
+        self.readout[index]._add(self._steer(index, hidden, program.ids, program.coeffs, rows), rows)
+
+    def _steer(self, index, hidden, ids, coeffs, rows, gate=()):
+        """One op call on the layer's output; where no row is steered in this pass it still reads
+        the concepts (mode detect). ``gate``: the fused gate's bounds and all-of flags."""
+        dictionary, batch = self._programs[index].dictionary, hidden.shape[0]
+        return ops.steer_prepared_(
             hidden,
-            program.dictionary.weight,
-            fit_batch(program.ids, batch, "concepts"),
-            fit_batch(program.coeffs, batch, "concepts"),
+            dictionary.weight,
+            fit_batch(ids, batch, "concepts"),
+            fit_batch(coeffs, batch, "concepts"),
             "detect" if rows is False else self.mode,
             None if rows is False else rows,
-            program.dictionary.bias,
+            dictionary.bias,
+            *(fit_batch(tensor, batch, "when") for tensor in gate),
         )
-        self.readout[index]._add(acts, rows)
 
     def _on_fused_layer(self, index, hidden, rows):
         """Gate and steered concepts in one op call: the kernel writes a row only if its gate passes."""
-        fused, program, batch = self._fused, self._programs[index], hidden.shape[0]
-        acts = ops.steer_prepared_(
-            hidden,
-            program.dictionary.weight,
-            fit_batch(fused.ids, batch, "concepts"),
-            fit_batch(fused.coeffs, batch, "concepts"),
-            "detect" if rows is False else self.mode,
-            None if rows is False else rows,
-            program.dictionary.bias,
-            fit_batch(fused.bounds, batch, "when"),
-            fit_batch(fused.gate_all, batch, "when"),
-        )
+        fused = self._fused
+        acts = self._steer(index, hidden, fused.ids, fused.coeffs, rows, (fused.bounds, fused.gate_all))
         steering, gate_acts = acts[..., : fused.steering_slots], acts[..., fused.steering_slots :]
         self._gates.record_fused(gate_acts, self._pass_rows, self.prefix_length)
         steered = False if rows is False else _both(rows, self._gates.rows(hidden))
