@@ -67,11 +67,8 @@ def steer_floors(case, roof_s: float, device: torch.device) -> dict:
     flops = 2 * rows * case.k * d * (1 if case.mode == "detect" else 2)
     gathered = rows * case.k * d * dict_bytes
     pool_bytes = case.pool * d * dict_bytes
-    return {
-        "memory": roof_s,
-        "compute": flops / fma_peak_flops(device),
-        "gather": gathered / read_bandwidth(device, pool_bytes),
-    }
+    seconds = (roof_s, flops / fma_peak_flops(device), gathered / read_bandwidth(device, pool_bytes))
+    return dict(zip(FLOORS, seconds))
 
 
 def binding(floors: dict) -> tuple[str, float]:
