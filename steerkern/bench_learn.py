@@ -2,7 +2,9 @@
 
 - ReFT-r1: examples per second of steerkern's batched training (``G`` concepts per forward pass,
   batch ``6·G``) against AxBench's loop (one concept at a time, batch 6, the same hook math in
-  plain PyTorch; ``steerkern.learn.axbench_loop``), every concept getting the same updates.
+  plain PyTorch; ``steerkern.learn.axbench_loop``), every concept getting the same updates over
+  AxBench's 3 epochs. steerkern runs the frozen layers below the steered one once per example of
+  a chunk (``cache_frozen_layers``); AxBench's loop runs them at every step, as AxBench does.
 - DiffMean: the rows of ``N`` concepts from one pass over the data against AxBench's per-concept
   loop (each concept's positives and its genre's negatives tokenized and run through the whole
   model); both timed from rows of data to rows of the dictionary. The loop's cost is the same for
@@ -45,7 +47,10 @@ def add_arguments(parser) -> None:
     group.add_argument("--learn", action="store_true", help="ReFT-r1 and DiffMean examples/s against AxBench's one-concept loops")
     group.add_argument("--learn-batches", type=_comma_list(int), default=list(REFT_BATCHES), metavar="B,...",
                        help="ReFT-r1 batch sizes, multiples of AxBench's 6 (default: 6,12,24,48,96)")
-    group.add_argument("--learn-steps", type=_positive_int, default=3, metavar="N", help="ReFT-r1 updates per concept (default: 3)")
+    group.add_argument("--learn-steps", type=_positive_int, default=3, metavar="N",
+                       help="ReFT-r1 updates per concept and epoch (default: 3)")
+    group.add_argument("--learn-epochs", type=_positive_int, default=3, metavar="E",
+                       help="ReFT-r1 epochs over each concept's examples (default: 3, AxBench's)")
     group.add_argument("--learn-rounds", type=_positive_int, default=3, metavar="N", help="interleaved ReFT-r1 rounds, medians reported (default: 3)")
     group.add_argument("--diffmean-concepts", type=_positive_int, default=500, metavar="N", help="DiffMean concepts (default: 500)")
     group.add_argument("--diffmean-positives", type=_positive_int, default=72, metavar="N", help="positives per concept (default: 72, Concept500's)")
@@ -67,16 +72,16 @@ def synthetic_rows(concepts, positives, negatives_per_genre, genres=3, seed=0, w
     return rows
 
 
-def bench_reft(model, tokenizer, layer, batches, steps, rounds=3) -> dict:
+def bench_reft(model, tokenizer, layer, batches, steps, rounds=3, epochs=3) -> dict:
     """Examples/s of both ReFT-r1 loops, medians over ``rounds``; each concept has ``steps``
-    batches of 6 (half positives)."""
+    batches of 6 (half positives) per epoch, for ``epochs`` epochs."""
     if any(batch % 6 for batch in batches):
         raise ValueError(f"ReFT-r1 batch sizes must be multiples of AxBench's 6 examples per concept, got {batches}")
     groups = [batch // 6 for batch in batches]
     concepts = max(groups)
-    hyper = reft.Hyperparameters(n_epochs=1)
+    hyper = reft.Hyperparameters(n_epochs=epochs)
     setup = common.prepare(model, tokenizer, synthetic_rows(concepts, 3 * steps, 3 * steps, genres=1), layer)
-    examples = concepts * 6 * steps
+    examples = concepts * 6 * steps * epochs
 
     def axbench():
         for concept in setup.data.concepts:
@@ -106,7 +111,8 @@ def bench_reft(model, tokenizer, layer, batches, steps, rounds=3) -> dict:
         median = statistics.median(seconds[group])
         curve.append({"batch": batch, "concepts_per_batch": group, "seconds": median,
                       "examples_per_s": examples / median, "speedup": statistics.median(ratios)})
-    return {"concepts": concepts, "updates_per_concept": steps, "examples": examples, "rounds": rounds,
+    return {"concepts": concepts, "updates_per_concept": steps * epochs, "epochs": epochs, "examples": examples,
+            "rounds": rounds,
             "axbench_seconds": baseline, "axbench_examples_per_s": examples / baseline, "steerkern": curve}
 
 
@@ -153,8 +159,10 @@ def run(args, device) -> dict:
         ("threads", str(torch.get_num_threads())),
     ]))
     result = {"model": {"hidden_size": config.hidden_size, "layers": config.num_hidden_layers, "layer": layer}}
-    result["reft_r1"] = reft_result = bench_reft(model, tokenizer, layer, args.learn_batches, args.learn_steps, args.learn_rounds)
-    print(f"\nReFT-r1: {reft_result['concepts']} concepts x {reft_result['updates_per_concept']} updates of 6 examples each, "
+    result["reft_r1"] = reft_result = bench_reft(model, tokenizer, layer, args.learn_batches, args.learn_steps, args.learn_rounds,
+                                                    args.learn_epochs)
+    print(f"\nReFT-r1: {reft_result['concepts']} concepts x {reft_result['updates_per_concept']} updates of 6 examples each "
+          f"({reft_result['epochs']} epochs), "
           f"medians of {reft_result['rounds']} interleaved rounds; AxBench's loop (one concept at a time, batch 6): "
           f"{reft_result['axbench_examples_per_s']:.1f} examples/s")
     print(format_table(["batch", "concepts/batch", "examples/s", "vs AxBench loop"],

@@ -16,6 +16,7 @@ from steerkern.hooks import Steerer
 from steerkern.learn import axbench_loop, common
 from steerkern.learn.encoding import Encoder
 from steerkern.learn.scoring import score_examples
+from steerkern.models import find_decoder_layers
 from tests import planted
 
 reft_module = importlib.import_module("steerkern.learn.reft_r1")
@@ -163,6 +164,30 @@ def test_many_concepts_per_batch_equal_one_concept_runs_and_axbench_loop(model, 
     axbench = axbench_loop.train_one_concept(model, setup.encoder, [setup.encoded[i] for i in concept.examples], planted.LAYER, hyper)
     torch.testing.assert_close(reft_dictionary.weight[1], axbench, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(reft_dictionary.weight[0], reft_dictionary.weight[1], atol=1e-2)
+
+
+def test_frozen_layers_run_once_per_example_and_give_the_rows_of_running_them_every_step(model, tokenizer, train_rows,
+                                                                                       reft_dictionary):
+    attention = find_decoder_layers(model).layers[0].self_attn
+    calls = []
+    handle = attention.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        recomputed = learn.reft_r1(model, tokenizer, train_rows, layer=planted.LAYER, concepts_per_batch=3,
+                                   cache_frozen_layers=False)
+        steps_run = len(calls)
+        calls.clear()
+        cached = learn.reft_r1(model, tokenizer, train_rows, layer=planted.LAYER, concepts_per_batch=3)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cached.weight, reft_dictionary.weight, rtol=0, atol=0)
+    torch.testing.assert_close(cached.weight, recomputed.weight, rtol=1e-5, atol=1e-6)
+    # Both runs score max_act with the same passes; the cached one trains with a few forward
+    # passes over the examples instead of one per step.
+    setup = common.prepare(model, tokenizer, train_rows, planted.LAYER)
+    steps = max(len(reft_module.concept_batches(len(c.examples), reft_module.Hyperparameters())) for c in setup.data.concepts)
+    examples = len({i for c in setup.data.concepts for i in c.examples})
+    assert steps_run - len(calls) == steps - -(-examples // 32)
+    assert all("forward" not in vars(layer) for layer in find_decoder_layers(model).layers)
 
 
 def test_reft_r1_rows_are_near_unit_norm_and_model_is_left_as_it_was(model, reft_dictionary):

@@ -156,13 +156,13 @@ def test_torchrun_two_processes_write_the_one_process_dictionary(model_dir, data
 
 def test_bench_learn_reports_both_methods_against_axbench_loops(tmp_path, capsys):
     report = tmp_path / "learn.json"
-    argv = ["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "6,12", "--learn-steps", "1", "--learn-rounds", "2",
+    argv = ["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "6,12", "--learn-steps", "1", "--learn-epochs", "2", "--learn-rounds", "2",
             "--diffmean-concepts", "4", "--diffmean-positives", "3", "--diffmean-sample", "2", "--json", str(report)]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "vs AxBench loop" in out and "per-concept loop (AxBench" in out
     learned = json.loads(report.read_text())["learn"]
     assert [r["batch"] for r in learned["reft_r1"]["steerkern"]] == [6, 12]
-    assert learned["reft_r1"]["examples"] == 2 * 6 and learned["diffmean"]["examples"] == 4 * 3 + 3 * 3
+    assert learned["reft_r1"]["examples"] == 2 * 6 * 2 and learned["reft_r1"]["updates_per_concept"] == 2 and learned["diffmean"]["examples"] == 4 * 3 + 3 * 3
     assert all(r["examples_per_s"] > 0 for r in learned["reft_r1"]["steerkern"]) and learned["diffmean"]["speedup"] > 0
     assert main(["bench", "--learn", "--quick", "--device", "cpu", "--learn-batches", "7"]) == 2

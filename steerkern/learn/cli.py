@@ -40,6 +40,9 @@ def add_parser(commands, model_help, add_device_dtype, positive_int):
     reft.add_argument("--topk", type=positive_int, default=8, metavar="K", help="latents averaged for the steering magnitude (default: 8)")
     reft.add_argument("--coeff-latent-l1-loss", type=float, default=0.005, metavar="λ", help="weight of the non-top-k latent penalty (default: 0.005)")
     reft.add_argument("--seed", type=int, default=42, help="seeds each concept's shuffling (default: 42)")
+    reft.add_argument("--no-layer-cache", dest="cache_frozen_layers", action="store_false",
+                      help="run the frozen layers below --layer at every step instead of once per example of a chunk "
+                           "(less memory, slower)")
     learn.set_defaults(run=cmd_learn)
     return learn
 
@@ -70,7 +73,8 @@ def cmd_learn(args) -> int:
         dictionary = reft_r1(model, tokenizer, data, layer=args.layer, epochs=args.n_epochs, batch_size=args.batch_size,
                              lr=args.lr, weight_decay=args.weight_decay, topk=args.topk,
                              coeff_latent_l1_loss=args.coeff_latent_l1_loss, seed=args.seed,
-                             concepts_per_batch=args.concepts_per_batch, checkpoint=checkpoint, progress=shown)
+                             concepts_per_batch=args.concepts_per_batch, cache_frozen_layers=args.cache_frozen_layers,
+                             checkpoint=checkpoint, progress=shown)
     if rank != 0:
         return 0
     dictionary.save(output)

@@ -45,10 +45,14 @@ def _with_hidden(output, hidden):
 @torch.no_grad()
 def read_layer(model, layer: int, batch) -> torch.Tensor:
     """The output of decoder layer ``layer`` for ``batch`` (B, S, d); the layers above do not run."""
+    return _hidden_of(_read_layer_output(model, layer, batch))
+
+
+def _read_layer_output(model, layer: int, batch):
     captured = []
 
     def capture(module, args, output):
-        captured.append(_hidden_of(output))
+        captured.append(output)
         raise _LayerReached
 
     handle = find_decoder_layers(model).layers[layer].register_forward_hook(capture)
@@ -89,3 +93,53 @@ def frozen(model):
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
         model.train(was_training)
+
+
+class LayerOutputs:
+    """Each example's output of decoder layer ``layer``, computed once: the layers up to it are
+    frozen and come before the intervention, so their output for an example is the same at every
+    step and epoch that reads it. Kept on the model's device in its dtype (examples × tokens × d).
+    """
+
+    def __init__(self, model, layer: int, encoder, encoded: dict, batch_size: int = 32):
+        self.layer = layer
+        self.rows: dict[int, torch.Tensor] = {}
+        self.tuple_outputs = False
+        device = model_device(model)
+        order = sorted(encoded, key=lambda index: (len(encoded[index].input_ids), index))  # little padding
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = encoder.collate([encoded[index] for index in indices], device)
+            with torch.no_grad():
+                output = _read_layer_output(model, layer, batch)
+            self.tuple_outputs = isinstance(output, tuple)
+            hidden = _hidden_of(output)
+            for row, index in enumerate(indices):
+                self.rows[index] = hidden[row, : len(encoded[index].input_ids)].clone()
+
+    def collate(self, indices, width: int) -> torch.Tensor:
+        """The rows of ``indices`` right-padded with zeros to ``width`` tokens, as ``Encoder.collate`` pads."""
+        first = self.rows[indices[0]]
+        hidden = first.new_zeros((len(indices), width, first.shape[-1]))
+        for row, index in enumerate(indices):
+            hidden[row, : self.rows[index].shape[0]] = self.rows[index]
+        return hidden
+
+    @contextlib.contextmanager
+    def replacing(self, model, hidden: torch.Tensor):
+        """Within the block, the decoder layers up to ``layer`` pass their input through unchanged
+        and ``layer``'s output is ``hidden`` (from ``collate``)."""
+        layers = list(find_decoder_layers(model).layers[: self.layer + 1])
+
+        def passthrough(hidden_states, *args, **kwargs):
+            return (hidden_states,) if self.tuple_outputs else hidden_states
+
+        for module in layers:
+            module.forward = passthrough
+        handle = layers[-1].register_forward_hook(lambda module, args, output: _with_hidden(output, hidden))
+        try:
+            yield
+        finally:
+            handle.remove()
+            for module in layers:
+                del module.forward

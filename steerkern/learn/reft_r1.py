@@ -17,10 +17,17 @@ concept's row through per-row programs of ``steerkern.steer``, and the loss is t
 concepts' own losses, so a row's gradient comes from its own examples only. Each row is its own
 parameter with its own AdamW state, clipping and schedule: G concepts in one run give the rows
 of G one-concept runs.
+
+The layers up to the one steered are frozen and run before the intervention: with
+``cache_frozen_layers`` (the default) each chunk computes their output once per example and every
+step and epoch starts from it, instead of running them again for each of the example's uses
+(epochs, and a genre's shared negatives in every concept of the chunk). It costs the memory of
+the chunk's examples' layer outputs (examples × tokens × d in the model's dtype).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,7 +37,7 @@ from . import distributed
 from .checkpoint import Checkpoint
 from .common import finish, prepare
 from .encoding import IGNORE
-from .forward import frozen, model_device, rewriting_layer
+from .forward import LayerOutputs, frozen, model_device, rewriting_layer
 from .progress import Progress
 
 INITIAL_VALUE = 0.01  # AxBench's TopKReLUIntervention fills its row with this
@@ -66,10 +73,12 @@ def concept_batches(n_examples: int, hyper: Hyperparameters) -> list[list[int]]:
 
 def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.01, weight_decay=0.0, topk=8,
             coeff_latent_l1_loss=0.005, seed=42, concepts_per_batch=8, score_batch_size=32,
-            checkpoint=None, checkpoint_every=20, progress=False):
+            cache_frozen_layers=True, checkpoint=None, checkpoint_every=20, progress=False):
     """Learn one ReFT-r1 row per concept of ``data``; returns a ``ConceptDictionary`` (row i = the
     i-th concept id in sorted order, ``max_act`` its largest sentence score over its positives).
 
+    ``cache_frozen_layers``: run the layers up to ``layer`` once per example of a chunk (see the
+    module's docstring); False recomputes them at every step, in less memory.
     ``checkpoint`` (a path) keeps the finished rows and, every ``checkpoint_every`` steps, the
     state of the concepts in training; a run started again with it resumes from there. Under
     ``torchrun`` the chunks of concepts are shared out among the ranks and every rank returns
@@ -104,7 +113,8 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
                 state["chunk"] = {"chunk": chunk, "step": step, **trainer.state_dict()}
                 saver.save(state)
 
-            trainer = ChunkTrainer(model, setup, [concepts[c] for c in members], [schedules[c] for c in members], hyper)
+            trainer = ChunkTrainer(model, setup, [concepts[c] for c in members], [schedules[c] for c in members], hyper,
+                                   cache_frozen_layers)
             rows = trainer.train(bar, resume, save_progress if saver else None, checkpoint_every)
             state["rows"].update({c: row for c, row in zip(members, rows)})
             state["chunk"] = None
@@ -123,8 +133,10 @@ def reft_r1(model, tokenizer, data, layer: int, epochs=3, *, batch_size=6, lr=0.
 class ChunkTrainer:
     """The rows of a few concepts trained together, each with its own optimizer state and schedule."""
 
-    def __init__(self, model, setup, concepts, schedules, hyper: Hyperparameters):
+    def __init__(self, model, setup, concepts, schedules, hyper: Hyperparameters, cache_frozen_layers=True):
         self.model, self.setup, self.concepts, self.schedules, self.hyper = model, setup, concepts, schedules, hyper
+        self.cache_frozen_layers = cache_frozen_layers
+        self.layer_outputs = None
         self.device = model_device(model)
         self.rows = [torch.full((1, setup.width), INITIAL_VALUE, device=self.device, requires_grad=True) for _ in concepts]
         self.optimizer = torch.optim.AdamW(
@@ -151,6 +163,11 @@ class ChunkTrainer:
             self.load_state_dict(resume)
             first = resume["step"]
         steps = max(len(schedule) for schedule in self.schedules)
+        if self.cache_frozen_layers:
+            used = {self.concepts[k].examples[i] for k, schedule in enumerate(self.schedules)
+                    for batch in schedule[first:] for i in batch}
+            self.layer_outputs = LayerOutputs(self.model, self.setup.layer, self.setup.encoder,
+                                              {index: self.setup.encoded[index] for index in used})
         for step in range(first, steps):
             active = [k for k, schedule in enumerate(self.schedules) if step < len(schedule)]
             loss, examples = self._loss(step, active)
@@ -159,6 +176,7 @@ class ChunkTrainer:
             bar.update(examples, loss.item())
             if save_progress and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                 save_progress(self, step + 1)
+        self.layer_outputs = None
         return [row.detach()[0].cpu() for row in self.rows]
 
     def _loss(self, step, active):
@@ -179,7 +197,11 @@ class ChunkTrainer:
             steered, _ = steer(hidden, dictionary, ids, magnitude[:, None], mode="add", mask=batch.positions)
             return steered
 
-        with rewriting_layer(self.model, self.setup.layer, intervene):
+        with contextlib.ExitStack() as stack:
+            if self.layer_outputs is not None:
+                cached = self.layer_outputs.collate(examples, batch.input_ids.shape[1])
+                stack.enter_context(self.layer_outputs.replacing(self.model, cached))
+            stack.enter_context(rewriting_layer(self.model, self.setup.layer, intervene))
             logits = self.model(**batch.model_inputs(), use_cache=False).logits
         token_loss, token_count = _response_loss(logits, batch.labels)
         latent, non_topk = latents[0]
