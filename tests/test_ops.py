@@ -194,6 +194,31 @@ def test_blocks_and_chunks_with_partial_masks(device, mode, dtype, program):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_rows_are_widened_and_rounded_exactly(device, dtype):
+    # Every finite value of the dtype, steered by zero, comes back as it was (-0 as +0); rows of
+    # zeros steered by c along a row of ones hold c rounded as torch rounds it, over the
+    # subnormal, normal and overflowing ranges.
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = every[torch.isfinite(every)]
+    hidden = finite[: finite.numel() // 8 * 8].reshape(-1, 8).to(device)
+    ones = torch.ones(1, 8, device=device)
+    ids = torch.zeros(hidden.shape[0], 1, dtype=torch.long, device=device)
+    expected = hidden.float() + 0.0
+    steerkern.steer_(hidden, ones, ids, torch.zeros(hidden.shape[0], 1, device=device), mode="add")
+    assert torch.equal(hidden.float(), expected)
+
+    generator = torch.Generator().manual_seed(0)
+    magnitudes = torch.exp2(torch.empty(20000).uniform_(-30.0, 17.0, generator=generator))
+    halfway = torch.tensor([65504.0, 65519.0, 65520.0, 65536.0, 2.0**-24 * 1.5, 2.0**-25, 2.0**-14 * (1 - 2.0**-11)])
+    coeffs = torch.cat([magnitudes, halfway]) * torch.where(torch.rand(20007, generator=generator) < 0.5, -1.0, 1.0)
+    zeros = torch.zeros(coeffs.numel(), 8, dtype=dtype, device=device)
+    ids = torch.zeros(coeffs.numel(), 1, dtype=torch.long, device=device)
+    steerkern.steer_(zeros, ones, ids, coeffs[:, None].to(device), mode="add")
+    assert torch.equal(zeros, coeffs.to(dtype)[:, None].expand(-1, 8).to(device))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_detect_threshold_sees_the_unrounded_pre_activation(device, dtype):
     # 100 + 0.21875 rounds to 100 in bfloat16, below the threshold of 100.1: the JumpReLU must
     # see the float32 sum, as the reference does.
