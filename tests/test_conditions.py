@@ -41,7 +41,12 @@ def gate_acts(hidden, dictionary, concept=GATE):
 
 
 def median_threshold(acts, real):
-    return float(acts[real].median())
+    """Halfway between the median activation and the next larger one: at the median itself, the
+    row holding it would pass or fail with the last bit of its dot, which the kernel and the
+    reference may round differently (they do on some instruction sets)."""
+    values = acts[real]
+    median = values.median()
+    return float((median + values[values > median].min()) / 2)
 
 
 def steered_by_hand(layer_output, dictionary, rows, mode="add"):
