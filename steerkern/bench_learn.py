@@ -112,8 +112,7 @@ def bench_reft(model, tokenizer, layer, batches, steps, rounds=3, epochs=3) -> d
         curve.append({"batch": batch, "concepts_per_batch": group, "seconds": median,
                       "examples_per_s": examples / median, "speedup": statistics.median(ratios)})
     return {"concepts": concepts, "updates_per_concept": steps * epochs, "epochs": epochs, "examples": examples,
-            "rounds": rounds,
-            "axbench_seconds": baseline, "axbench_examples_per_s": examples / baseline, "steerkern": curve}
+            "rounds": rounds, "axbench_seconds": baseline, "axbench_examples_per_s": examples / baseline, "steerkern": curve}
 
 
 def bench_diffmean(model, tokenizer, layer, concepts, positives, sample) -> dict:
