@@ -397,14 +397,14 @@ def time_workload(workload: Workload, *, rounds: int, budget_s: float, warmup: i
 
 
 def evicts_caches(workload: Workload) -> bool:
-    """Whether each timed CPU call starts from evicted caches. Inputs larger than the last-level
-    cache are timed back to back, in the steady state a model's layers run in (their activations
-    just written, partly in cache); inputs that fit would stay in cache from one call to the
-    next, which a model never repeats, so each of their rounds is one call after an eviction."""
-    if workload.inputs[0]["hidden"].device.type == "cuda":
+    """Whether each timed CPU call starts from evicted caches. Steer cases are timed back to back
+    at every size: in a model the layer before has just written hidden, into whatever cache holds
+    it, and the op's own blocks keep the pool's rows hot. A dense case reads the whole dictionary,
+    which a model's weights push out of cache between two layers: where it fits the last-level
+    cache, each round is one call after an eviction."""
+    if workload.inputs[0]["hidden"].device.type == "cuda" or workload.case.op != "dense":
         return False
-    input_bytes = sum(value.nbytes for value in workload.inputs[0].values() if isinstance(value, torch.Tensor))
-    return input_bytes <= _last_level_cache_bytes()
+    return workload.dictionary.nbytes <= _last_level_cache_bytes()
 
 
 def _release(device):

@@ -564,10 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Times the fused op against the eager reference, torch.compile of the reference, the "
                                             "naive formula (gather, einsum, add) and the roof (buf.mul_(1.0) over a float32 buffer "
                                             "of hidden's bytes), in one run: CUDA events after warm-up with inputs rotated beyond "
-                                            "L2 on CUDA, a monotonic clock on the CPU (inputs larger than the last-level cache back to "
-                                            "back, smaller ones each after a cache eviction); medians, with the memory, compute and "
-                                            "gather floors of each case. Dense detect is timed against the "
-                                            "bare matmul. Axis options replace that axis in every case of the preset.")
+                                            "L2 on CUDA, a monotonic clock on the CPU (steer calls back to back, as a model's layers "
+                                            "run; dense detect after a cache eviction where its dictionary would stay cached); "
+                                            "medians, with the memory, compute and gather floors of each case. Dense detect is "
+                                            "timed against the bare matmul. Axis options replace that axis in every case of the preset.")
     _add_device_dtype(bench, "comma list of dtypes (default: float32,bfloat16 on the CPU, bfloat16 on CUDA)")
     bench.add_argument("--preset", choices=PRESETS, default="targets", help="targets: the shapes of the performance targets for this device; sweep: each axis in turn around T=4096, d=2304, K=4 (default: targets)")
     bench.add_argument("--tokens", type=_comma_list(int), metavar="T,...", help="tokens (rows of hidden), e.g. 1,256,65536")
