@@ -19,9 +19,13 @@ TORCH_LIBRARY(steerkern, m) {
   // In place on hidden; returns the pre-steering activations (..., K) in float32. gate_bounds
   // (..., K, 2) = (above, below) makes a filled slot a gate (NaN: a steering slot): a row is steered
   // only where one of its gate slots passes (all of them with gate_all), or where it has none.
+  // With residual (hidden's shape) the activations are those of the stream round(hidden + residual)
+  // and the update goes to hidden alone; in mode clamp, clamped (one flag per program) picks the
+  // programs that clamp, the others add.
   m.def(
       "steer_(Tensor(a!) hidden, Tensor dictionary, Tensor concept_ids, Tensor coeffs, str steer_mode, "
-      "Tensor? mask, Tensor? bias, Tensor? gate_bounds=None, Tensor? gate_all=None) -> Tensor");
+      "Tensor? mask, Tensor? bias, Tensor? gate_bounds=None, Tensor? gate_all=None, Tensor? residual=None, "
+      "Tensor? clamped=None) -> Tensor");
   // Dense scores (..., N), or their max over each sequence's kept rows when reduce_max.
   m.def(
       "detect(Tensor hidden, Tensor weight, bool weight_is_encoder, Tensor? bias, Tensor? threshold, "

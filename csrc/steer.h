@@ -27,6 +27,9 @@ struct SteerProblem {
   at::Tensor acts;        // (rows, slots) float32 output
   at::Tensor gate_bounds; // (programs, slots, 2) float32 (above, below), NaN for steering slots; or undefined
   at::Tensor gate_all;    // (programs,) bool: all gate slots must pass (else one); or undefined
+  at::Tensor residual;    // (rows, d), hidden's dtype: the activations are read on round(hidden + residual)
+                          // and the update goes to hidden alone; or undefined
+  at::Tensor clamped;     // (programs,) bool, mode clamp: the programs that clamp (the others add); or undefined
   Mode mode;
   int64_t rows, d, slots, concepts, rows_per_program;
 };
@@ -37,7 +40,9 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
                                 std::string_view mode, const std::optional<at::Tensor>& mask,
                                 const std::optional<at::Tensor>& bias,
                                 const std::optional<at::Tensor>& gate_bounds = std::nullopt,
-                                const std::optional<at::Tensor>& gate_all = std::nullopt);
+                                const std::optional<at::Tensor>& gate_all = std::nullopt,
+                                const std::optional<at::Tensor>& residual = std::nullopt,
+                                const std::optional<at::Tensor>& clamped = std::nullopt);
 
 // Whether the gate slots of a row with activations acts[slots] let it be steered: a slot is a gate
 // when it holds a concept and its bounds are not NaN, and it passes when above < act < below.

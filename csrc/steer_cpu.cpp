@@ -101,11 +101,12 @@ const CpuKernel& cpu_kernel() {
 at::Tensor steer_cpu(const at::Tensor& hidden, const at::Tensor& dictionary, const at::Tensor& concept_ids,
                      const at::Tensor& coeffs, c10::string_view mode, const std::optional<at::Tensor>& mask,
                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
-                     const std::optional<at::Tensor>& gate_all) {
+                     const std::optional<at::Tensor>& gate_all, const std::optional<at::Tensor>& residual,
+                     const std::optional<at::Tensor>& clamped) {
   const RowsKernel rows_kernel = cpu_kernel().rows;
   const SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
                                             std::string_view(mode.data(), mode.size()), mask, bias, gate_bounds,
-                                            gate_all);
+                                            gate_all, residual, clamped);
   // Enough rows per task that threading pays for itself on short inputs.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.d, 1));
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { rows_kernel(p, begin, end); });

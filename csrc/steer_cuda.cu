@@ -14,7 +14,8 @@
 //   write  h + Σ_k coef_k W[c_k] in float32, rounded once to hidden's dtype, 16-byte stores. In
 //          mode add with K <= kTile the coefficients are known before the dots, so the update is
 //          accumulated from the same dictionary loads as the dots; otherwise a second pass over
-//          the slots' dictionary rows (in L1/L2 by then) accumulates it.
+//          the slots' dictionary rows (in L1/L2 by then) accumulates it. With a residual the
+//          registers hold the stream round(h + r), and the write reads h again.
 //
 // Dictionary rows are read through the read-only cache, with 16-byte loads where the slot's row
 // is 16-byte aligned at the start of hidden's body (always when d is a multiple of the pack and
@@ -64,6 +65,8 @@ struct SteerParams {
   float* acts;
   const float* gate_bounds;  // (programs, slots, 2) or null: see steer.h
   const bool* gate_all;
+  const void* residual;  // (rows, d) or null: the dots read the stream round(hidden + residual)
+  const bool* clamped;   // (programs,) or null: in mode clamp, the programs that clamp
   int64_t rows, d, slots, concepts, rows_per_program;
   Mode mode;
 };
@@ -115,6 +118,26 @@ struct ThreadRow {
       }
     }
     if (edge >= 0) x_edge = static_cast<float>(row[edge]);
+  }
+
+  // x becomes the residual stream round(x + residual) at the row, in the row's dtype. The residual
+  // row is read in packs where it is aligned as the row is, element by element otherwise.
+  __device__ __forceinline__ void add_residual(const scalar_t* residual) {
+    const bool vectorised = cuda::aligned16(residual + head);
+#pragma unroll
+    for (int i = 0; i < PACKS; ++i) {
+      if (!holds(i)) continue;
+      float r[kVec];
+      if (vectorised) {
+        cuda::load_streaming(residual + offset(i), r);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) r[j] = static_cast<float>(residual[offset(i) + j]);
+      }
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) x[i][j] = static_cast<float>(static_cast<scalar_t>(x[i][j] + r[j]));
+    }
+    if (edge >= 0) x_edge = static_cast<float>(static_cast<scalar_t>(x_edge + static_cast<float>(residual[edge])));
   }
 };
 
@@ -180,11 +203,11 @@ __device__ __forceinline__ void tile_dots(const ThreadRow<scalar_t, PACKS>& r, c
 }
 
 // h + Σ_k coef_k W[c_k] over all slots, written to row: the pass after the dots (clamp, or add
-// with more slots than one tile).
+// with more slots than one tile). With reread (r holds the stream, not the row) h is read again.
 template <typename scalar_t, typename dict_t, int PACKS>
 __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, const dict_t* dictionary, int64_t d,
                                            const int64_t* slot_concept, const float* slot_coef, int slots,
-                                           scalar_t* row) {
+                                           scalar_t* row, bool reread) {
   constexpr int kVec = ThreadRow<scalar_t, PACKS>::kVec;
 #pragma unroll
   for (int i = 0; i < PACKS; ++i) {
@@ -201,9 +224,16 @@ __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, 
 #pragma unroll
       for (int j = 0; j < kVec; ++j) delta[j] = fmaf(coef, v[j], delta[j]);
     }
+    float h[kVec];
+    if (reread) {
+      cuda::load_streaming(row + r.offset(i), h);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) h[j] = r.x[i][j];
+    }
     float out[kVec];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) out[j] = __fadd_rn(r.x[i][j], delta[j]);
+    for (int j = 0; j < kVec; ++j) out[j] = __fadd_rn(h[j], delta[j]);
     cuda::store_streaming(row + r.offset(i), out);
   }
   if (r.edge >= 0) {
@@ -212,7 +242,8 @@ __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, 
       const int64_t c = slot_concept[k];
       if (c >= 0) delta = fmaf(slot_coef[k], cuda::load_readonly(dictionary + c * d + r.edge), delta);
     }
-    row[r.edge] = static_cast<scalar_t>(__fadd_rn(r.x_edge, delta));
+    const float h = reread ? static_cast<float>(row[r.edge]) : r.x_edge;
+    row[r.edge] = static_cast<scalar_t>(__fadd_rn(h, delta));
   }
 }
 
@@ -237,6 +268,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
     scalar_t* row = hidden + t * p.d;
     ThreadRow<scalar_t, PACKS> r(row, static_cast<int>(p.d), tid, threads);
     r.read(row);
+    const auto* residual = static_cast<const scalar_t*>(p.residual);
+    if (residual != nullptr) r.add_residual(residual + t * p.d);
     // The block's rows two ahead (and at its first row the next one too) go to L2 while this one
     // is steered: memory requests in flight that hold no registers.
     for (int ahead = t == blockIdx.x ? 1 : kPrefetchRows; ahead <= kPrefetchRows; ++ahead) {
@@ -259,7 +292,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
     bool steered = p.mode != Mode::kDetect && (p.mask == nullptr || p.mask[t]);
     // A gated row is written only once its gate slots' activations are known: never in the dots.
     const bool gated = steered && p.gate_bounds != nullptr;
-    const bool fused = steered && !gated && p.mode == Mode::kAdd && slots <= kTile;
+    const bool fused = steered && !gated && p.mode == Mode::kAdd && slots <= kTile && residual == nullptr;
+    const bool clamps = p.mode == Mode::kClamp && (p.clamped == nullptr || p.clamped[program]);
     __syncthreads();
 
     for (int first_slot = 0; first_slot < slots; first_slot += kTile) {
@@ -284,7 +318,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
         for (int w = 0; w < warps; ++w) sum += partial[w * kTile + tid];
         const float act = c < 0 ? 0.f : cuda::relu(sum + (p.bias != nullptr ? p.bias[c] : 0.f));
         p.acts[t * p.slots + k] = act;
-        if (p.mode == Mode::kClamp && c >= 0 && !is_gate(p, program, k)) slot_coef[k] -= act;
+        if (clamps && c >= 0 && !is_gate(p, program, k)) slot_coef[k] -= act;
       }
       __syncthreads();  // partial is reused by the next tile; the update reads slot_coef
     }
@@ -297,7 +331,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) steer_kernel(const SteerParams
       __syncthreads();
       steered = *gate_open != 0;
     }
-    if (steered && !fused) update_row(r, dictionary, p.d, slot_concept, slot_coef, slots, row);
+    if (steered && !fused) update_row(r, dictionary, p.d, slot_concept, slot_coef, slots, row, residual != nullptr);
     __syncthreads();  // the next row stages its own slots
   }
 }
@@ -366,12 +400,13 @@ void launch_for(const SteerProblem& p, const SteerParams& params, int device) {
 at::Tensor steer_cuda(const at::Tensor& hidden, const at::Tensor& dictionary, const at::Tensor& concept_ids,
                       const at::Tensor& coeffs, c10::string_view mode, const std::optional<at::Tensor>& mask,
                       const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
-                      const std::optional<at::Tensor>& gate_all) {
+                      const std::optional<at::Tensor>& gate_all, const std::optional<at::Tensor>& residual,
+                      const std::optional<at::Tensor>& clamped) {
   // The checks come first: with hidden on the CPU and another argument on CUDA (which routes the
   // call here) they name the mismatch, where a device guard would only say "not a CUDA device".
   const SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
                                             std::string_view(mode.data(), mode.size()), mask, bias, gate_bounds,
-                                            gate_all);
+                                            gate_all, residual, clamped);
   TORCH_CHECK(hidden.is_cuda(), "steerkern: the CUDA steer kernel got hidden on ", hidden.device());
   const c10::cuda::CUDAGuard guard(hidden.device());
   if (p.rows == 0) return p.acts;
@@ -384,6 +419,8 @@ at::Tensor steer_cuda(const at::Tensor& hidden, const at::Tensor& dictionary, co
                            p.acts.data_ptr<float>(),
                            p.gate_bounds.defined() ? p.gate_bounds.const_data_ptr<float>() : nullptr,
                            p.gate_all.defined() ? p.gate_all.const_data_ptr<bool>() : nullptr,
+                           p.residual.defined() ? p.residual.const_data_ptr() : nullptr,
+                           p.clamped.defined() ? p.clamped.const_data_ptr<bool>() : nullptr,
                            p.rows,
                            p.d,
                            p.slots,

@@ -32,7 +32,8 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
                                 const at::Tensor& concept_ids, const at::Tensor& coeffs,
                                 std::string_view mode, const std::optional<at::Tensor>& mask,
                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
-                                const std::optional<at::Tensor>& gate_all) {
+                                const std::optional<at::Tensor>& gate_all, const std::optional<at::Tensor>& residual,
+                                const std::optional<at::Tensor>& clamped) {
   const auto dtype = hidden.scalar_type();
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
                     "steerkern: hidden must be float32, bfloat16 or float16, got ", dtype);
@@ -92,6 +93,20 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
                       "steerkern: gate_all must be bool with one flag per program");
     check_same_device(*gate_all, hidden, "gate_all");
     p.gate_all = gate_all->contiguous();
+  }
+  if (residual.has_value()) {
+    TORCH_CHECK_VALUE(residual->scalar_type() == dtype && residual->sizes() == hidden.sizes(),
+                      "steerkern: residual must have hidden's dtype and shape");
+    TORCH_CHECK_VALUE(residual->is_contiguous(), "steerkern: residual must be contiguous");
+    check_same_device(*residual, hidden, "residual");
+    p.residual = residual->view({p.rows, p.d});
+  }
+  if (clamped.has_value()) {
+    TORCH_CHECK_VALUE(p.mode == Mode::kClamp, "steerkern: clamped picks the clamping programs of mode clamp");
+    TORCH_CHECK_VALUE(clamped->scalar_type() == at::kBool && clamped->numel() == programs,
+                      "steerkern: clamped must be bool with one flag per program");
+    check_same_device(*clamped, hidden, "clamped");
+    p.clamped = clamped->contiguous();
   }
   p.acts = at::empty(acts_shape(hidden, concept_ids), hidden.options().dtype(at::kFloat));
   return p;

@@ -11,52 +11,57 @@ import torch
 
 from . import reference
 from ._backend import load_compiled, use_compiled
-from .validation import check_detect_args, check_gate_args, check_steer_args
+from .validation import check_detect_args, check_gate_args, check_steer_args, check_stream_args
 
 _REDUCE = ("none", "max")
 
 
 def steer_(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None, gate_bounds=None,
-           gate_all=None, check_ids=True):
+           gate_all=None, residual=None, clamped=None, check_ids=True):
     """Steer ``hidden`` in place and return the pre-steering activations of the chosen concepts.
 
     ``hidden`` (B, S, d) or (T, d); ``dictionary`` (N, d); ``concept_ids``/``coeffs`` (B, K) per
     sequence or (B, S, K)/(T, K) per row, -1 = empty slot; ``mode`` "add" | "clamp" | "detect";
     ``mask`` (B, S)/(T,) rows to steer; ``bias`` (N,). ``gate_bounds`` (..., K, 2) turns slots
     into gates (see ``reference.steer``): a row is then written only where its gate passes, read
-    once either way. Returns float32 acts, one per row and slot (gate slots included).
+    once either way. ``residual`` (hidden's shape): the activations are those of the stream
+    ``hidden + residual`` and the update goes to hidden alone (a layer that returns its output and
+    the residual apart, as vLLM's do). ``clamped`` (one bool per program, mode clamp): the programs
+    that clamp; the others add. Returns float32 acts, one per row and slot (gate slots included).
     ``check_ids=False`` skips the id range check (a host sync on CUDA, skipped anyway under
     torch.compile); out-of-range ids then count as empty slots.
     """
     check_ids = check_ids and not torch.compiler.is_compiling()
     ids, alpha, mask = check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids)
     gate_bounds, gate_all = check_gate_args(hidden, concept_ids, gate_bounds, gate_all)
+    residual, clamped = check_stream_args(hidden, concept_ids, mode, residual, clamped)
     if not hidden.is_contiguous():  # the kernels write rows in place: work on a copy, write it back
         work = hidden.contiguous()
         acts = steer_(work, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias, gate_bounds=gate_bounds,
-                      gate_all=gate_all, check_ids=False)
+                      gate_all=gate_all, residual=residual, clamped=clamped, check_ids=False)
         hidden.copy_(work)
         return acts
     if use_compiled(hidden.device):
         return torch.ops.steerkern.steer_(hidden, dictionary.contiguous(), ids, alpha, mode, mask, bias, gate_bounds,
-                                          gate_all)
+                                          gate_all, residual, clamped)
     steered, acts = reference.steer(hidden, dictionary, ids, alpha, mode=mode, mask=mask, bias=bias,
-                                    gate_bounds=gate_bounds, gate_all=gate_all)
+                                    gate_bounds=gate_bounds, gate_all=gate_all, residual=residual, clamped=clamped)
     if mode != "detect":
         hidden.copy_(steered)
     return acts
 
 
-def steer_prepared_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, gate_bounds=None, gate_all=None):
+def steer_prepared_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, gate_bounds=None, gate_all=None,
+                    residual=None, clamped=None):
     """``steer_`` for a program checked once and called at every forward (the hooks): int64 ids,
     float32 coeffs (and gate bounds) and a contiguous dictionary already. The compiled op checks
     shapes, dtypes and devices itself, so the Python checks (tens of microseconds a step) are
     skipped when it runs."""
     if use_compiled(hidden.device) and hidden.is_contiguous():
         return torch.ops.steerkern.steer_(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, gate_bounds,
-                                          gate_all)
+                                          gate_all, residual, clamped)
     return steer_(hidden, dictionary, concept_ids, coeffs, mode=mode, mask=mask, bias=bias, gate_bounds=gate_bounds,
-                  gate_all=gate_all, check_ids=False)
+                  gate_all=gate_all, residual=residual, clamped=clamped, check_ids=False)
 
 
 def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=None, reduce="none"):
@@ -73,7 +78,8 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
 
 def _register_fake_kernels():
     @torch.library.register_fake("steerkern::steer_")
-    def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias, gate_bounds=None, gate_all=None):
+    def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias, gate_bounds=None, gate_all=None,
+                    residual=None, clamped=None):
         return hidden.new_empty((*hidden.shape[:-1], concept_ids.shape[-1]), dtype=torch.float32)
 
     @torch.library.register_fake("steerkern::detect")

@@ -18,7 +18,7 @@ def _programs_per_row(hidden: torch.Tensor, program: torch.Tensor) -> torch.Tens
 
 
 def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bias=None, gate_bounds=None,
-          gate_all=None):
+          gate_all=None, residual=None, clamped=None):
     """Return ``(steered_hidden, acts)``; ``hidden`` itself is left untouched.
 
     acts[..., k] = ReLU(h · W[c_k] + bias[c_k]) on the pre-steering values, 0 for empty slots.
@@ -30,6 +30,10 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
     slot): it steers nothing, and a row is steered only where one of its gates has
     above < a_k < below (all of them where ``gate_all``, one flag per program, is true), or where
     it has no gate.
+    With ``residual`` (hidden's shape and dtype) the activations are read on the residual stream
+    ``hidden + residual`` (rounded to hidden's dtype) and ``h`` above stays ``hidden``: the update
+    goes to hidden alone. In mode clamp, ``clamped`` (one flag per program) picks the programs that
+    clamp; the others add.
     """
     work = torch.promote_types(hidden.dtype, torch.float32)  # float64 stays float64 (gradient checks)
     ids = _programs_per_row(hidden, concept_ids).long()
@@ -37,8 +41,9 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
     filled = ids >= 0
     rows = dictionary.to(work)[ids.clamp(min=0)]  # (..., K, d)
     h = hidden.to(work)
+    read = h if residual is None else (hidden + residual).to(work)
 
-    pre = torch.einsum("...d,...kd->...k", h, rows)
+    pre = torch.einsum("...d,...kd->...k", read, rows)
     if bias is not None:
         pre = pre + bias.to(work)[ids.clamp(min=0)]
     acts = torch.where(filled, torch.relu(pre), torch.zeros_like(pre))
@@ -46,6 +51,9 @@ def steer(hidden, dictionary, concept_ids, coeffs, *, mode="add", mask=None, bia
     if mode == "detect":
         return hidden.clone(), acts
     coef = alpha if mode == "add" else alpha - acts
+    if clamped is not None:
+        clamps = _programs_per_row(hidden, clamped[..., None])[..., 0].expand(ids.shape[:-1])
+        coef = torch.where(clamps[..., None], coef, alpha)
     coef = torch.where(filled, coef, torch.zeros_like(coef))
     if gate_bounds is not None:
         above = _programs_per_row(hidden, gate_bounds[..., 0]).float()

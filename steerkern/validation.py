@@ -75,6 +75,29 @@ def check_gate_args(hidden, concept_ids, gate_bounds, gate_all):
     return gate_bounds.float().contiguous(), gate_all
 
 
+def check_stream_args(hidden, concept_ids, mode, residual, clamped):
+    """Validate ``steer_``'s ``residual`` (hidden's dtype, shape and device) and ``clamped`` (one
+    bool per program, mode clamp only); return them contiguous."""
+    if residual is not None:
+        if residual.dtype != hidden.dtype or residual.shape != hidden.shape:
+            _fail(f"residual must have hidden's dtype and shape ({hidden.dtype} {tuple(hidden.shape)}), "
+                  f"got {residual.dtype} {tuple(residual.shape)}")
+        if residual.device != hidden.device:
+            _fail(f"residual is on {residual.device} but hidden is on {hidden.device}")
+        residual = residual.contiguous()
+    if clamped is not None:
+        if mode != "clamp":
+            _fail(f"clamped picks the clamping programs of mode 'clamp'; mode is {mode!r}")
+        programs = tuple(concept_ids.shape[:-1])
+        if clamped.dtype != torch.bool or tuple(clamped.shape) != programs:
+            _fail(f"clamped must be a bool tensor of shape {programs} (one flag per program), "
+                  f"got {clamped.dtype} {tuple(clamped.shape)}")
+        if clamped.device != hidden.device:
+            _fail(f"clamped is on {clamped.device} but hidden is on {hidden.device}")
+        clamped = clamped.contiguous()
+    return residual, clamped
+
+
 def check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids):
     """Validate ``steer_`` arguments; return (int64 ids, float32 coeffs, bool mask), contiguous."""
     _check_hidden_and_dictionary(hidden, dictionary)
