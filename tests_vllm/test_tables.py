@@ -53,12 +53,11 @@ def test_fill_gives_each_token_its_requests_program_where_it_applies():
     positions = torch.tensor([0, 1, 2, 5, 2, 1, 2, 0, 0])
     query_start_loc = torch.tensor([0, 3, 4, 5, 7], dtype=torch.int32)
     tables.fill(positions, query_start_loc)
-    add_ids, clamp_ids = tables.add_ids_0[:9, 0].tolist(), tables.clamp_ids_0[:9, 0].tolist()
-    assert add_ids == [5, 5, 5, -1, 7, -1, -1, -1, -1]
-    assert clamp_ids == [-1, -1, -1, -1, -1, 9, -1, -1, -1]
-    assert tables.coeffs_0[:5, 0].tolist() == [1.5, 1.5, 1.5, 0.0, 2.0]
+    assert tables.ids_0[:9, 0].tolist() == [5, 5, 5, -1, 7, 9, -1, -1, -1]
+    assert tables.token_clamped[:7].tolist() == [False] * 5 + [True] * 2  # request 3's rows clamp
+    assert tables.coeffs_0[:6, 0].tolist() == [1.5, 1.5, 1.5, 0.0, 2.0, 3.0]
     tables.fill(positions, None)  # a dummy run steers nothing
-    assert (tables.add_ids_0[:9] == -1).all() and (tables.clamp_ids_0[:9] == -1).all()
+    assert (tables.ids_0[:9] == -1).all()
 
 
 def test_moves_and_removals_follow_the_persistent_batch():
@@ -68,4 +67,4 @@ def test_moves_and_removals_follow_the_persistent_batch():
     tables.clear_request(3)
     tables.publish()
     tables.fill(torch.tensor([2, 2, 1, 0]), torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32))
-    assert tables.add_ids_0[:4, 0].tolist() == [7, 5, -1, -1]  # rows 0 and 1 now hold requests 2 and 0
+    assert tables.ids_0[:4, 0].tolist() == [7, 5, -1, -1]  # rows 0 and 1 now hold requests 2 and 0

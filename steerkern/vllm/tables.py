@@ -27,7 +27,7 @@ POSITION_KINDS = {"all": ALL, "prompt": PROMPT, "generation": GENERATION}
 class SteeringTables(nn.Module):
     """``groups`` dictionaries (one table each), up to ``max_requests`` requests in the persistent
     batch and ``max_tokens`` tokens per step, ``slots`` concepts per program. ``clamp``: serve clamp
-    programs, which read the summed residual stream (see ``steer``)."""
+    programs, which read the residual stream (see ``steer``)."""
 
     def __init__(self, groups: int, max_requests: int, max_tokens: int, slots: int, clamp: bool, device):
         super().__init__()
@@ -47,11 +47,12 @@ class SteeringTables(nn.Module):
         self._host = {name: getattr(self, name) if on_host else table for name, table in request_tables.items()}
         self._dirty = False
         self.register_buffer("token_index", torch.arange(max_tokens, dtype=torch.int32, device=device), persistent=False)
+        self.register_buffer("token_clamped", torch.zeros(max_tokens, dtype=torch.bool, device=device),
+                             persistent=False)
         for group in range(groups):
             self.register_buffer(f"coeffs_{group}", torch.zeros((max_tokens, slots), device=device), persistent=False)
-            for mode in ("add", "clamp") if clamp else ("add",):
-                ids = torch.full((max_tokens, slots), -1, dtype=torch.long, device=device)
-                self.register_buffer(f"{mode}_ids_{group}", ids, persistent=False)
+            ids = torch.full((max_tokens, slots), -1, dtype=torch.long, device=device)
+            self.register_buffer(f"ids_{group}", ids, persistent=False)
 
     # --- per request, on the host -------------------------------------------------------------
 
@@ -102,8 +103,7 @@ class SteeringTables(nn.Module):
         rows = positions.shape[0]
         if query_start_loc is None:
             for group in range(self.groups):
-                for mode in ("add", "clamp") if self.clamp else ("add",):
-                    getattr(self, f"{mode}_ids_{group}")[:rows].fill_(-1)
+                getattr(self, f"ids_{group}")[:rows].fill_(-1)
             return
         token = self.token_index[:rows].to(query_start_loc.dtype)
         request = torch.searchsorted(query_start_loc[1:], token, right=True).clamp_(max=self.max_requests - 1)
@@ -112,34 +112,29 @@ class SteeringTables(nn.Module):
         steered = (token < query_start_loc[-1]) & (positions >= self.request_prefix[request]) & (
             (kind == ALL) | ((kind == PROMPT) & in_prompt) | ((kind == GENERATION) & ~in_prompt)
         )
-        clamped = self.request_clamped[request] if self.clamp else None
+        if self.clamp:
+            torch.index_select(self.request_clamped, 0, request, out=self.token_clamped[:rows])
         for group in range(self.groups):
             torch.index_select(self.request_coeffs[group], 0, request, out=getattr(self, f"coeffs_{group}")[:rows])
-            add_ids = getattr(self, f"add_ids_{group}")[:rows]
-            torch.index_select(self.request_ids[group], 0, request, out=add_ids)
-            if clamped is not None:
-                clamp_ids = getattr(self, f"clamp_ids_{group}")[:rows]
-                clamp_ids.copy_(add_ids).masked_fill_(~(steered & clamped)[:, None], -1)
-                add_ids.masked_fill_(clamped[:, None], -1)
-            add_ids.masked_fill_(~steered[:, None], -1)
+            ids = getattr(self, f"ids_{group}")[:rows]
+            torch.index_select(self.request_ids[group], 0, request, out=ids)
+            ids.masked_fill_(~steered[:, None], -1)
 
     # --- in the steered layers ------------------------------------------------------------------
 
     def steer(self, group: int, dictionary, bias, hidden: torch.Tensor, residual: torch.Tensor):
         """A decoder layer's ``(hidden, residual)`` output, steered; the residual stream is their sum.
 
-        Add-only engines add the update into ``hidden`` alone (vLLM's next fused add + norm
-        carries it into the stream). Clamp reads the concepts' activations on the stream itself:
-        the stream is formed in ``residual`` (in place), steered there with both modes, and
-        ``hidden`` is zeroed, so the next layer's fused add passes it on unchanged.
+        One op call, whose update goes into ``hidden`` alone (vLLM's next fused add + norm carries
+        it into the stream). Clamp engines read the concepts' activations on the stream itself: the
+        op reads both rows, and its per-token ``clamped`` flags pick the rows that clamp.
         """
         rows = hidden.shape[0]
         coeffs = getattr(self, f"coeffs_{group}")[:rows]
-        add_ids = getattr(self, f"add_ids_{group}")[:rows]
+        ids = getattr(self, f"ids_{group}")[:rows]
         if not self.clamp:
-            ops.steer_prepared_(hidden, dictionary, add_ids, coeffs, "add", None, bias)
-            return hidden, residual
-        stream = residual.add_(hidden)
-        ops.steer_prepared_(stream, dictionary, add_ids, coeffs, "add", None, bias)
-        ops.steer_prepared_(stream, dictionary, getattr(self, f"clamp_ids_{group}")[:rows], coeffs, "clamp", None, bias)
-        return hidden.zero_(), stream
+            ops.steer_prepared_(hidden, dictionary, ids, coeffs, "add", None, bias)
+        else:
+            ops.steer_prepared_(hidden, dictionary, ids, coeffs, "clamp", None, bias, None, None, residual,
+                                self.token_clamped[:rows])
+        return hidden, residual
