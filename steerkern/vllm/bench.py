@@ -7,11 +7,14 @@ kept; each repeat runs every variant in turn (interleaved and rotated, as ``run_
 are medians of the ratios within each repeat. Time to first token is the wall time of the same
 batch with one new token. The plugin's own time per steered layer and decode step comes from
 extra eager engines with the opt-in timer (``STEERKERN_VLLM_TIMING``), one serving add and clamp
-programs, one add programs only (``clamp=False``), both with 32 distinct add programs.
+programs, one add programs only (``clamp=False``), both with 32 distinct add programs; the op's
+time per steered layer inside the compiled graph from compiled engines of the same two kinds, run
+in this process under torch.profiler (``profile.py``).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -25,6 +28,7 @@ from .. import demo
 from ..bench import format_table
 from ..dictionary import ConceptDictionary
 from . import engine_args
+from .profile import in_process_engine, op_time_per_decode_call
 from .programs import program
 from .timing import TIMING_ENV
 
@@ -100,6 +104,10 @@ def run_vllm_bench(*, requests=32, prompt_length=32, new_tokens=64, repeats=5, k
         for label, clamp in (("add and clamp", True), ("add only", False)):
             progress(f"timing the plugin in an eager engine serving {label}, 3 layers, 32 programs")
             plugin[label] = _time_plugin(model_dir, dictionary_file, prompts, common, k, concepts, new_tokens, seed, clamp)
+        for label, clamp in (("add and clamp", True), ("add only", False)):
+            progress(f"profiling the op in a compiled engine serving {label}, 3 layers, 32 programs")
+            plugin[label]["compiled_op"] = _profile_op(model_dir, dictionary_file, prompts, common, k, concepts,
+                                                       new_tokens, seed, clamp)
 
     def ratio(name, values):
         return statistics.median(base / own for base, own in zip(values["unsteered"], values[name]))
@@ -145,6 +153,23 @@ def _time_plugin(model_dir, dictionary_file, prompts, common, k, concepts, new_t
     return {"per_decode_step_s": per_step, "eager_decode_step_s": step}
 
 
+def _profile_op(model_dir, dictionary_file, prompts, common, k, concepts, new_tokens, seed, clamp) -> dict:
+    from vllm import LLM, SamplingParams
+
+    # In this process, whose own memory counts against vLLM's start-up check of free memory; the
+    # 32 requests need a small fraction of it.
+    engine = in_process_engine(lambda: LLM(model=model_dir, **common, gpu_memory_utilization=0.5, **engine_args(
+        dictionary_file, LAYERS["3 layers"], max_concepts=k, clamp=clamp)))
+    programs = _programs(32, len(prompts), k, concepts, seed + 32)
+    params = [SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True, extra_args=p) for p in programs]
+    engine.generate(prompts, params, use_tqdm=False)  # warm-up
+    timing = op_time_per_decode_call(lambda: engine.generate(prompts, params, use_tqdm=False), len(prompts))
+    engine.llm_engine.engine_core.shutdown()
+    del engine
+    gc.collect()  # the engine ran in this process: free its KV cache before the next one starts
+    return timing
+
+
 def vllm_table(result: dict) -> str:
     rows = [[name, f"{rate:.1f}", f"{100 * result['of_unsteered'][name]:.1f}%",
              f"{1e3 * result['ttft_s'][name]:.0f} ms", f"{100 * result['ttft_of_unsteered'][name]:.1f}%",
@@ -160,6 +185,8 @@ def plugin_table(result: dict) -> str:
             for what in parts]
     rows.append(["eager decode step (whole model)",
                  *(f"{1e3 * timing['eager_decode_step_s']:.1f} ms" for timing in engines.values())])
+    rows.append(["op per steered layer, compiled (profiler)",
+                 *(f"{1e3 * timing['compiled_op']['seconds']:.3f} ms" for timing in engines.values())])
     return format_table(["plugin's own time per decode step (mean)", *(f"serving {label}" for label in engines)], rows)
 
 
