@@ -212,6 +212,13 @@ __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, 
 #pragma unroll
   for (int i = 0; i < PACKS; ++i) {
     if (!r.holds(i)) continue;
+    float h[kVec];  // asked for before the slots' loads, which hide its latency
+    if (reread) {
+      cuda::load_streaming(row + r.offset(i), h);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) h[j] = r.x[i][j];
+    }
     float delta[kVec] = {};
 #pragma unroll 4
     for (int k = 0; k < slots; ++k) {
@@ -223,13 +230,6 @@ __device__ __forceinline__ void update_row(const ThreadRow<scalar_t, PACKS>& r, 
       const float coef = slot_coef[k];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) delta[j] = fmaf(coef, v[j], delta[j]);
-    }
-    float h[kVec];
-    if (reread) {
-      cuda::load_streaming(row + r.offset(i), h);
-    } else {
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) h[j] = r.x[i][j];
     }
     float out[kVec];
 #pragma unroll

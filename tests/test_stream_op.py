@@ -10,7 +10,7 @@ import torch
 import steerkern
 from steerkern import reference
 from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, unit_rows
-from tests.pairwise import all_pairs
+from tests.pairwise import all_pairs, uncovered_pairs
 
 AXES = {
     "mode": ["add", "clamp", "detect"],
@@ -20,10 +20,21 @@ AXES = {
     "d": [1, 7, 769, 2304],
     "slots": [1, 3, 6, 64],
     "dictionary_fp32": [False, True],
-    "residual": [False, True],
+    "residual": [False, True, "misaligned"],  # misaligned: one element off hidden's 16-byte alignment
     "clamped": [False, True],
+    "gated": [False, True],
 }
-GRID = [case for case in all_pairs(AXES) if case["mode"] == "clamp" or not case["clamped"]]
+
+
+def _allowed(case):
+    return case["mode"] == "clamp" or not case["clamped"]
+
+
+GRID = all_pairs(AXES, _allowed)
+
+
+def test_grid_covers_every_pair():
+    assert uncovered_pairs(GRID, AXES, _allowed) == []
 
 compiled = pytest.mark.skipif(steerkern.build_info()["backend"] != "compiled", reason="steerkern._C is not built")
 
@@ -33,14 +44,24 @@ def _inputs(case, device, seed):
     d, dtype = case["d"], case["dtype"]
     batch, seq, n_concepts = 3, 11, 41
     hidden = torch.randn(batch, seq, d, generator=gen).to(dtype=dtype, device=device)
-    residual = torch.randn(batch, seq, d, generator=gen).to(dtype=dtype, device=device) if case["residual"] else None
+    residual = None
+    if case["residual"]:
+        offset = 1 if case["residual"] == "misaligned" else 0
+        storage = torch.randn(batch * seq * d + offset, generator=gen).to(dtype=dtype, device=device)
+        residual = storage[offset:].view(batch, seq, d)
     dictionary = unit_rows(n_concepts, d, torch.float32 if case["dictionary_fp32"] else dtype, device, gen)
     program_shape = (batch, case["slots"]) if case["program"] == "per_sequence" else (batch, seq, case["slots"])
     ids, coeffs = make_program(program_shape, n_concepts, True, device, gen)
     mask = (torch.rand(batch, seq, generator=gen) < 0.6).to(device) if case["masked"] else None
     clamped = (torch.rand(program_shape[:-1], generator=gen) < 0.5).to(device) if case["clamped"] else None
+    gate_bounds = None
+    if case.get("gated"):  # the first slot gates the rest: about half the rows pass
+        gate_bounds = torch.full((*program_shape, 2), float("nan"))
+        gate_bounds[..., 0, 0], gate_bounds[..., 0, 1] = 0.0, float("inf")
+        gate_bounds = gate_bounds.to(device)
     return dict(hidden=hidden, dictionary=dictionary, concept_ids=ids, coeffs=coeffs, mode=case["mode"], mask=mask,
-                bias=(0.1 * torch.randn(n_concepts, generator=gen)).to(device), residual=residual, clamped=clamped)
+                bias=(0.1 * torch.randn(n_concepts, generator=gen)).to(device), residual=residual, clamped=clamped,
+                gate_bounds=gate_bounds)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

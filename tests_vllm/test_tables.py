@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import steerkern.vllm as skv
-from steerkern import ConceptDictionary
+from steerkern import ConceptDictionary, reference
 from steerkern.vllm.programs import Program, parse
 from steerkern.vllm.tables import SteeringTables
 
@@ -68,3 +68,20 @@ def test_moves_and_removals_follow_the_persistent_batch():
     tables.publish()
     tables.fill(torch.tensor([2, 2, 1, 0]), torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32))
     assert tables.ids_0[:4, 0].tolist() == [7, 5, -1, -1]  # rows 0 and 1 now hold requests 2 and 0
+
+
+def test_one_steer_call_equals_steering_the_stream_add_rows_then_clamp_rows():
+    tables = make_tables()
+    tables.fill(torch.tensor([0, 1, 2, 5, 2, 1, 2, 0, 0]), torch.tensor([0, 3, 4, 5, 7], dtype=torch.int32))
+    generator = torch.Generator().manual_seed(0)
+    hidden, residual = torch.randn(2, 9, 8, generator=generator).unbind(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(10, 8, generator=generator), dim=1)
+    steered, passed_on = tables.steer(0, dictionary, None, hidden.clone(), residual.clone())
+    # What the layer's sum was steered to before the op read the residual itself: the stream
+    # formed, its add rows steered, then its clamp rows.
+    ids, coeffs, clamped = tables.ids_0[:9], tables.coeffs_0[:9], tables.token_clamped[:9]
+    stream, _ = reference.steer(hidden + residual, dictionary, ids.masked_fill(clamped[:, None], -1), coeffs)
+    stream, _ = reference.steer(stream, dictionary, ids.masked_fill(~clamped[:, None], -1), coeffs, mode="clamp")
+    assert torch.equal(passed_on, residual)  # the residual is passed on untouched
+    torch.testing.assert_close(steered + passed_on, stream)
+    assert clamped.any() and not torch.equal(steered[clamped], hidden[clamped])  # a clamp row was steered

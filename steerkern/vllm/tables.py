@@ -127,7 +127,9 @@ class SteeringTables(nn.Module):
 
         One op call, whose update goes into ``hidden`` alone (vLLM's next fused add + norm carries
         it into the stream). Clamp engines read the concepts' activations on the stream itself: the
-        op reads both rows, and its per-token ``clamped`` flags pick the rows that clamp.
+        op reads both rows, and its per-token ``clamped`` flags pick the rows that clamp. The
+        stream is rounded as ``(hidden + delta) + residual`` rather than ``(hidden + residual) +
+        delta``: in half precision one rounding apart from the Hugging Face hooks' order.
         """
         rows = hidden.shape[0]
         coeffs = getattr(self, f"coeffs_{group}")[:rows]
