@@ -64,15 +64,20 @@ def check_gate_args(hidden, concept_ids, gate_bounds, gate_all):
               f"got {gate_bounds.dtype} {tuple(gate_bounds.shape)}")
     if gate_bounds.device != hidden.device:
         _fail(f"gate_bounds is on {gate_bounds.device} but hidden is on {hidden.device}")
-    if gate_all is not None:
-        programs = tuple(concept_ids.shape[:-1])
-        if gate_all.dtype != torch.bool or tuple(gate_all.shape) != programs:
-            _fail(f"gate_all must be a bool tensor of shape {programs} (one flag per program), "
-                  f"got {gate_all.dtype} {tuple(gate_all.shape)}")
-        if gate_all.device != hidden.device:
-            _fail(f"gate_all is on {gate_all.device} but hidden is on {hidden.device}")
-        gate_all = gate_all.contiguous()
-    return gate_bounds.float().contiguous(), gate_all
+    return gate_bounds.float().contiguous(), _check_program_flags("gate_all", gate_all, concept_ids, hidden)
+
+
+def _check_program_flags(name, flags, concept_ids, hidden):
+    """One bool per program on hidden's device (None passes), contiguous."""
+    if flags is None:
+        return None
+    programs = tuple(concept_ids.shape[:-1])
+    if flags.dtype != torch.bool or tuple(flags.shape) != programs:
+        _fail(f"{name} must be a bool tensor of shape {programs} (one flag per program), "
+              f"got {flags.dtype} {tuple(flags.shape)}")
+    if flags.device != hidden.device:
+        _fail(f"{name} is on {flags.device} but hidden is on {hidden.device}")
+    return flags.contiguous()
 
 
 def check_stream_args(hidden, concept_ids, mode, residual, clamped):
@@ -85,17 +90,9 @@ def check_stream_args(hidden, concept_ids, mode, residual, clamped):
         if residual.device != hidden.device:
             _fail(f"residual is on {residual.device} but hidden is on {hidden.device}")
         residual = residual.contiguous()
-    if clamped is not None:
-        if mode != "clamp":
-            _fail(f"clamped picks the clamping programs of mode 'clamp'; mode is {mode!r}")
-        programs = tuple(concept_ids.shape[:-1])
-        if clamped.dtype != torch.bool or tuple(clamped.shape) != programs:
-            _fail(f"clamped must be a bool tensor of shape {programs} (one flag per program), "
-                  f"got {clamped.dtype} {tuple(clamped.shape)}")
-        if clamped.device != hidden.device:
-            _fail(f"clamped is on {clamped.device} but hidden is on {hidden.device}")
-        clamped = clamped.contiguous()
-    return residual, clamped
+    if clamped is not None and mode != "clamp":
+        _fail(f"clamped picks the clamping programs of mode 'clamp'; mode is {mode!r}")
+    return residual, _check_program_flags("clamped", clamped, concept_ids, hidden)
 
 
 def check_steer_args(hidden, dictionary, concept_ids, coeffs, mode, mask, bias, check_ids):
