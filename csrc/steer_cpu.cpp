@@ -3,8 +3,11 @@
 // read and updated where they lie; bfloat16 rows with a bfloat16 dictionary too, with AVX512-BF16
 // instructions where the CPU has them; other half-precision rows are widened to float32 a chunk at
 // a time. The body (steer_cpu_rows.inc) is compiled for AVX-512 with and without BF16, AVX2, AVX
-// (with FMA and F16C) and baseline x86-64; the widest the CPU runs is picked at load.
+// (with FMA and F16C) and baseline x86-64; the widest the CPU runs is picked at load. Below AVX-512,
+// a half-precision dictionary whose rows a call reads many times is read through a float32 copy
+// of those rows (widened_dictionary.h).
 #include "steer.h"
+#include "widened_dictionary.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -70,6 +73,9 @@ using RowsKernel = void (*)(const SteerProblem&, int64_t, int64_t);
 struct CpuKernel {
   const char* isa;
   RowsKernel rows;
+  // Whether every half-precision dictionary read goes through the widening loop (no native steps),
+  // which a float32 copy of the rows then computes bit for bit (see use_widened_rows).
+  bool widening_reads;
 };
 
 // The widest instruction set this CPU runs; STEERKERN_CPU_ISA=base|avx|avx2|avx512 caps it (for
@@ -85,12 +91,12 @@ CpuKernel pick_cpu_kernel() {
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && limit != "avx2";
   const bool avx512bf16 = avx512 && __builtin_cpu_supports("avx512bf16") && limit != "avx512";
-  if (avx512bf16) return {"avx512bf16", &isa_avx512bf16::steer_rows_any};
-  if (avx512) return {"avx512", &isa_avx512::steer_rows_any};
-  if (avx2) return {"avx2", &isa_avx2::steer_rows_any};
-  if (avx) return {"avx", &isa_avx::steer_rows_any};
+  if (avx512bf16) return {"avx512bf16", &isa_avx512bf16::steer_rows_any, false};
+  if (avx512) return {"avx512", &isa_avx512::steer_rows_any, false};
+  if (avx2) return {"avx2", &isa_avx2::steer_rows_any, true};
+  if (avx) return {"avx", &isa_avx::steer_rows_any, true};
 #endif
-  return {"base", &isa_base::steer_rows_any};
+  return {"base", &isa_base::steer_rows_any, true};
 }
 
 const CpuKernel& cpu_kernel() {
@@ -103,13 +109,14 @@ at::Tensor steer_cpu(const at::Tensor& hidden, const at::Tensor& dictionary, con
                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gate_bounds,
                      const std::optional<at::Tensor>& gate_all, const std::optional<at::Tensor>& residual,
                      const std::optional<at::Tensor>& clamped) {
-  const RowsKernel rows_kernel = cpu_kernel().rows;
-  const SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
+  const CpuKernel& kernel = cpu_kernel();
+  SteerProblem p = make_steer_problem(hidden, dictionary, concept_ids, coeffs,
                                             std::string_view(mode.data(), mode.size()), mask, bias, gate_bounds,
                                             gate_all, residual, clamped);
+  if (kernel.widening_reads) use_widened_rows(p);
   // Enough rows per task that threading pays for itself on short inputs.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(p.d, 1));
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { rows_kernel(p, begin, end); });
+  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { kernel.rows(p, begin, end); });
   return p.acts;
 }
 

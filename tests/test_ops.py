@@ -217,6 +217,52 @@ def test_half_precision_rows_are_widened_and_rounded_exactly(device, dtype):
     assert torch.equal(zeros, coeffs.to(dtype)[:, None].expand(-1, 8).to(device))
 
 
+def _pooled_call(mode, dtype, d, rows, program_shape, seed):
+    """A half-precision dictionary of 300 rows of which a call draws on 6, with a bias, empty and
+    out-of-range slots: the shape of a batch sharing a pool of concepts."""
+    generator = torch.Generator().manual_seed(seed)
+    dictionary = unit_rows(300, d, dtype, "cpu", generator)
+    pool = torch.randperm(300, generator=generator)[:6]
+    ids = pool[torch.randint(0, 6, program_shape, generator=generator)]
+    ids.view(-1)[:2] = torch.tensor([-1, 300])  # the raw op reads an id out of range as an empty slot
+    coeffs = torch.empty(program_shape).uniform_(-5.0, 5.0, generator=generator)
+    hidden = torch.randn(*rows, d, generator=generator).to(dtype)
+    bias = torch.randn(300, generator=generator)
+    return hidden, dictionary, ids, coeffs, bias
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp", "detect"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [2304, 257])
+def test_rows_sharing_a_few_concepts_steer_as_each_row_alone(mode, dtype, d):
+    # A call whose rows draw on a few rows of a half-precision dictionary (which the CPU kernel
+    # reads through a float32 copy of those rows) gives every row, bit for bit, what a call of
+    # that row alone gives (which reads the dictionary as it is).
+    hidden, dictionary, ids, coeffs, bias = _pooled_call(mode, dtype, d, (64,), (64, 9), seed=5)
+    together = hidden.clone()
+    acts = steerkern.steer_(together, dictionary, ids, coeffs, mode=mode, bias=bias, check_ids=False)
+    alone = hidden.clone()
+    acts_alone = torch.cat([steerkern.steer_(alone[t : t + 1], dictionary, ids[t : t + 1], coeffs[t : t + 1],
+                                             mode=mode, bias=bias, check_ids=False) for t in range(64)])
+    assert torch.equal(together, alone)
+    assert torch.equal(acts, acts_alone)
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp", "detect"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, program_shape", [((64,), (64, 9)), ((2, 64), (2, 9)), ((2, 3), (2, 4)), ((3,), (3, 9))],
+                         ids=["pooled rows", "pooled sequences", "few sequences", "few rows"])
+def test_a_half_precision_dictionary_steers_as_its_float32_copy(mode, dtype, rows, program_shape):
+    # Calls that share a few dictionary rows among many reads and calls that do not (the last
+    # two), per row and per sequence: the same results as the dictionary widened beforehand.
+    hidden, dictionary, ids, coeffs, bias = _pooled_call(mode, dtype, 2304, rows, program_shape, seed=6)
+    half, widened = hidden.clone(), hidden.clone()
+    acts = steerkern.steer_(half, dictionary, ids, coeffs, mode=mode, bias=bias, check_ids=False)
+    acts_widened = steerkern.steer_(widened, dictionary.float(), ids, coeffs, mode=mode, bias=bias, check_ids=False)
+    assert torch.equal(half, widened)
+    assert torch.equal(acts, acts_widened)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_detect_threshold_sees_the_unrounded_pre_activation(device, dtype):
