@@ -27,7 +27,11 @@
 
 namespace steerkern {
 
+// A target pragma does not define the instruction sets' macros (__AVX__ and the like), so each copy
+// is told what it may use: STEERKERN_VECTOR_BITS (128 if unset), STEERKERN_AVX512 and
+// STEERKERN_NATIVE_BF16.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define STEERKERN_VECTOR_BITS 512
 #pragma GCC push_options
 #pragma GCC target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #define STEERKERN_AVX512
@@ -46,6 +50,8 @@ namespace isa_avx512 {
 #undef STEERKERN_AVX512
 #pragma GCC pop_options
 
+#undef STEERKERN_VECTOR_BITS
+#define STEERKERN_VECTOR_BITS 256
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace isa_avx2 {
@@ -59,6 +65,7 @@ namespace isa_avx {
 #include "steer_cpu_rows.inc"
 }
 #pragma GCC pop_options
+#undef STEERKERN_VECTOR_BITS
 #define STEERKERN_X86_DISPATCH
 #endif
 
