@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
+from interleaved import time_interleaved
 
 import steerkern
 
@@ -49,21 +48,6 @@ def variants(hidden, dictionary, ids, coeffs, bounds, k):
         "unconditional": lambda: op(hidden, dictionary, steer_ids, steer_coeffs, "add", None, None),
         "detect then steer": two_pass,
     }
-
-
-def time_interleaved(calls, rounds, device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in calls}
-    for fn in calls.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            sync()
-            started = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main():

@@ -30,6 +30,13 @@ TORCH_LIBRARY(steerkern, m) {
   m.def(
       "detect(Tensor hidden, Tensor weight, bool weight_is_encoder, Tensor? bias, Tensor? threshold, "
       "Tensor? mask, bool reduce_max) -> Tensor");
+  // The serving plugin's per-token tables (groups, max_tokens, slots) for a step's first
+  // positions.size(0) tokens, from its per-request tables (csrc/token_tables.h); no
+  // query_start_loc (a dummy run): nothing steered.
+  m.def(
+      "fill_token_tables_(Tensor(a!) ids, Tensor(b!) coeffs, Tensor(c!) clamped, Tensor positions, "
+      "Tensor? query_start_loc, Tensor request_ids, Tensor request_coeffs, Tensor request_kind, "
+      "Tensor request_prefix, Tensor request_prompt, Tensor request_clamped) -> ()");
 }
 
 static PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(steerkern::cpu_isa()); }

@@ -76,11 +76,35 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
     )
 
 
+def fill_token_tables_(ids, coeffs, clamped, positions, query_start_loc, request_ids, request_coeffs, request_kind,
+                       request_prefix, request_prompt, request_clamped):
+    """Fill the first ``len(positions)`` rows of a serving step's per-token tables ``ids`` and
+    ``coeffs`` (groups, max_tokens, K) and ``clamped`` (max_tokens,) from the per-request tables
+    (see ``reference.token_tables`` for the math): one kernel, no host sync."""
+    if use_compiled(ids.device):
+        torch.ops.steerkern.fill_token_tables_(ids, coeffs, clamped, positions, query_start_loc, request_ids,
+                                               request_coeffs, request_kind, request_prefix, request_prompt,
+                                               request_clamped)
+        return
+    tokens = positions.shape[0]
+    token_ids, token_coeffs, token_clamped = reference.token_tables(
+        positions, query_start_loc, request_ids, request_coeffs, request_kind, request_prefix, request_prompt,
+        request_clamped)
+    ids[:, :tokens].copy_(token_ids)
+    coeffs[:, :tokens].copy_(token_coeffs)
+    clamped[:tokens].copy_(token_clamped)
+
+
 def _register_fake_kernels():
     @torch.library.register_fake("steerkern::steer_")
     def _steer_fake(hidden, dictionary, concept_ids, coeffs, steer_mode, mask, bias, gate_bounds=None, gate_all=None,
                     residual=None, clamped=None):
         return hidden.new_empty((*hidden.shape[:-1], concept_ids.shape[-1]), dtype=torch.float32)
+
+    @torch.library.register_fake("steerkern::fill_token_tables_")
+    def _fill_token_tables_fake(ids, coeffs, clamped, positions, query_start_loc, request_ids, request_coeffs,
+                                request_kind, request_prefix, request_prompt, request_clamped):
+        return None
 
     @torch.library.register_fake("steerkern::detect")
     def _detect_fake(hidden, weight, weight_is_encoder, bias, threshold, mask, reduce_max):

@@ -94,3 +94,36 @@ def detect(hidden, dictionary, *, bias=None, threshold=None, encoder=None, mask=
     if reduce == "max":
         return scores.amax(dim=-2)
     return scores
+
+
+# The positions a serving program steers (the kinds of ``token_tables``' request_kind).
+UNSTEERED, ALL, PROMPT, GENERATION = 0, 1, 2, 3
+POSITION_KINDS = {"all": ALL, "prompt": PROMPT, "generation": GENERATION}
+
+
+def token_tables(positions, query_start_loc, request_ids, request_coeffs, request_kind, request_prefix, request_prompt,
+                 request_clamped):
+    """A serving step's per-token programs from its per-request ones: ``(ids, coeffs, clamped)``,
+    ``(groups, T, K)``, ``(groups, T, K)`` and ``(T,)`` for the step's T = len(positions) tokens.
+
+    Token t belongs to the request r whose tokens ``query_start_loc[r] <= t < query_start_loc[r + 1]``
+    hold it (rows past the last request's are padding); it takes r's slots, with its ids emptied
+    (-1) where the program does not apply: padding, positions below r's prefix length, and prompt
+    or generated positions (``positions < request_prompt[r]`` is the prompt) as ``request_kind[r]``
+    excludes them. ``query_start_loc=None`` (a dummy run): nothing is steered.
+    """
+    tokens = positions.shape[0]
+    groups, max_requests, slots = request_ids.shape
+    if query_start_loc is None:
+        return (torch.full((groups, tokens, slots), -1, dtype=torch.long, device=positions.device),
+                torch.zeros((groups, tokens, slots), dtype=torch.float32, device=positions.device),
+                torch.zeros(tokens, dtype=torch.bool, device=positions.device))
+    token = torch.arange(tokens, device=positions.device).to(query_start_loc.dtype)
+    request = torch.searchsorted(query_start_loc[1:], token, right=True).clamp(max=max_requests - 1)
+    kind = request_kind[request]
+    in_prompt = positions < request_prompt[request]
+    steered = (token < query_start_loc[-1]) & (positions >= request_prefix[request]) & (
+        (kind == ALL) | ((kind == PROMPT) & in_prompt) | ((kind == GENERATION) & ~in_prompt)
+    )
+    ids = torch.where(steered[:, None], request_ids[:, request], -1)
+    return ids, request_coeffs[:, request], request_clamped[request]

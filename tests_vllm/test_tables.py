@@ -53,11 +53,11 @@ def test_fill_gives_each_token_its_requests_program_where_it_applies():
     positions = torch.tensor([0, 1, 2, 5, 2, 1, 2, 0, 0])
     query_start_loc = torch.tensor([0, 3, 4, 5, 7], dtype=torch.int32)
     tables.fill(positions, query_start_loc)
-    assert tables.ids_0[:9, 0].tolist() == [5, 5, 5, -1, 7, 9, -1, -1, -1]
+    assert tables.token_ids[0, :9, 0].tolist() == [5, 5, 5, -1, 7, 9, -1, -1, -1]
     assert tables.token_clamped[:7].tolist() == [False] * 5 + [True] * 2  # request 3's rows clamp
-    assert tables.coeffs_0[:6, 0].tolist() == [1.5, 1.5, 1.5, 0.0, 2.0, 3.0]
+    assert tables.token_coeffs[0, :6, 0].tolist() == [1.5, 1.5, 1.5, 0.0, 2.0, 3.0]
     tables.fill(positions, None)  # a dummy run steers nothing
-    assert (tables.ids_0[:9] == -1).all()
+    assert (tables.token_ids[0, :9] == -1).all()
 
 
 def test_moves_and_removals_follow_the_persistent_batch():
@@ -67,7 +67,7 @@ def test_moves_and_removals_follow_the_persistent_batch():
     tables.clear_request(3)
     tables.publish()
     tables.fill(torch.tensor([2, 2, 1, 0]), torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32))
-    assert tables.ids_0[:4, 0].tolist() == [7, 5, -1, -1]  # rows 0 and 1 now hold requests 2 and 0
+    assert tables.token_ids[0, :4, 0].tolist() == [7, 5, -1, -1]  # rows 0 and 1 now hold requests 2 and 0
 
 
 def test_one_steer_call_equals_steering_the_stream_add_rows_then_clamp_rows():
@@ -79,7 +79,7 @@ def test_one_steer_call_equals_steering_the_stream_add_rows_then_clamp_rows():
     steered, passed_on = tables.steer(0, dictionary, None, hidden.clone(), residual.clone())
     # What the layer's sum was steered to before the op read the residual itself: the stream
     # formed, its add rows steered, then its clamp rows.
-    ids, coeffs, clamped = tables.ids_0[:9], tables.coeffs_0[:9], tables.token_clamped[:9]
+    ids, coeffs, clamped = tables.token_ids[0, :9], tables.token_coeffs[0, :9], tables.token_clamped[:9]
     stream, _ = reference.steer(hidden + residual, dictionary, ids.masked_fill(clamped[:, None], -1), coeffs)
     stream, _ = reference.steer(stream, dictionary, ids.masked_fill(~clamped[:, None], -1), coeffs, mode="clamp")
     assert torch.equal(passed_on, residual)  # the residual is passed on untouched

@@ -8,8 +8,9 @@ layers (each op call still returns its (T, K) float32 activations, its one alloc
   the positions kind, prefix length, prompt length and mode. Written on the host when requests
   join, leave or move (``SteeringPrograms.update_state``), copied to the device then.
 - per token (rows of the step's flattened batch): ids and coefficients gathered from the request
-  tables once per step for all steered layers (``fill``, before the forward), with empty slots
-  (-1) on the rows a program leaves alone, so unsteered rows cost the kernel nothing.
+  tables once per step for all steered layers (``fill``, before the forward, one
+  ``fill_token_tables_`` kernel), with empty slots (-1) on the rows a program leaves alone, so
+  unsteered rows cost the kernel nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..reference import POSITION_KINDS, UNSTEERED
 from .programs import Program
-
-UNSTEERED, ALL, PROMPT, GENERATION = 0, 1, 2, 3
-POSITION_KINDS = {"all": ALL, "prompt": PROMPT, "generation": GENERATION}
 
 
 class SteeringTables(nn.Module):
@@ -31,7 +30,7 @@ class SteeringTables(nn.Module):
 
     def __init__(self, groups: int, max_requests: int, max_tokens: int, slots: int, clamp: bool, device):
         super().__init__()
-        self.groups, self.clamp, self.max_requests = groups, clamp, max_requests
+        self.clamp = clamp
         request_tables = {
             "request_ids": torch.full((groups, max_requests, slots), -1, dtype=torch.long),
             "request_coeffs": torch.zeros((groups, max_requests, slots), dtype=torch.float32),
@@ -40,19 +39,17 @@ class SteeringTables(nn.Module):
             "request_prompt": torch.zeros(max_requests, dtype=torch.long),
             "request_clamped": torch.zeros(max_requests, dtype=torch.bool),
         }
-        for name, table in request_tables.items():
+        token_tables = {
+            "token_ids": torch.full((groups, max_tokens, slots), -1, dtype=torch.long),
+            "token_coeffs": torch.zeros((groups, max_tokens, slots), dtype=torch.float32),
+            "token_clamped": torch.zeros(max_tokens, dtype=torch.bool),
+        }
+        for name, table in {**request_tables, **token_tables}.items():
             self.register_buffer(name, table.to(device), persistent=False)
         on_host = torch.device(device).type == "cpu"
         # The host side the batch updates write to: the tables themselves on the CPU.
         self._host = {name: getattr(self, name) if on_host else table for name, table in request_tables.items()}
         self._dirty = False
-        self.register_buffer("token_index", torch.arange(max_tokens, dtype=torch.int32, device=device), persistent=False)
-        self.register_buffer("token_clamped", torch.zeros(max_tokens, dtype=torch.bool, device=device),
-                             persistent=False)
-        for group in range(groups):
-            self.register_buffer(f"coeffs_{group}", torch.zeros((max_tokens, slots), device=device), persistent=False)
-            ids = torch.full((max_tokens, slots), -1, dtype=torch.long, device=device)
-            self.register_buffer(f"ids_{group}", ids, persistent=False)
 
     # --- per request, on the host -------------------------------------------------------------
 
@@ -99,26 +96,10 @@ class SteeringTables(nn.Module):
     def fill(self, positions: torch.Tensor, query_start_loc: torch.Tensor | None) -> None:
         """The token tables of a step: ``positions`` (T,) of each token in its sequence,
         ``query_start_loc`` (requests + 1,) where each request's tokens start (None for dummy
-        runs: nothing is steered). Device ops only; the host never waits."""
-        rows = positions.shape[0]
-        if query_start_loc is None:
-            for group in range(self.groups):
-                getattr(self, f"ids_{group}")[:rows].fill_(-1)
-            return
-        token = self.token_index[:rows].to(query_start_loc.dtype)
-        request = torch.searchsorted(query_start_loc[1:], token, right=True).clamp_(max=self.max_requests - 1)
-        kind = self.request_kind[request]
-        in_prompt = positions < self.request_prompt[request]
-        steered = (token < query_start_loc[-1]) & (positions >= self.request_prefix[request]) & (
-            (kind == ALL) | ((kind == PROMPT) & in_prompt) | ((kind == GENERATION) & ~in_prompt)
-        )
-        if self.clamp:
-            torch.index_select(self.request_clamped, 0, request, out=self.token_clamped[:rows])
-        for group in range(self.groups):
-            torch.index_select(self.request_coeffs[group], 0, request, out=getattr(self, f"coeffs_{group}")[:rows])
-            ids = getattr(self, f"ids_{group}")[:rows]
-            torch.index_select(self.request_ids[group], 0, request, out=ids)
-            ids.masked_fill_(~steered[:, None], -1)
+        runs: nothing is steered). One kernel on the device; the host never waits."""
+        ops.fill_token_tables_(self.token_ids, self.token_coeffs, self.token_clamped, positions, query_start_loc,
+                               self.request_ids, self.request_coeffs, self.request_kind, self.request_prefix,
+                               self.request_prompt, self.request_clamped)
 
     # --- in the steered layers ------------------------------------------------------------------
 
@@ -132,8 +113,8 @@ class SteeringTables(nn.Module):
         delta``: in half precision one rounding apart from the Hugging Face hooks' order.
         """
         rows = hidden.shape[0]
-        coeffs = getattr(self, f"coeffs_{group}")[:rows]
-        ids = getattr(self, f"ids_{group}")[:rows]
+        coeffs = self.token_coeffs[group, :rows]
+        ids = self.token_ids[group, :rows]
         if not self.clamp:
             ops.steer_prepared_(hidden, dictionary, ids, coeffs, "add", None, bias)
         else:
