@@ -34,6 +34,7 @@ from .timing import TIMING_ENV
 
 LAYERS = {"1 layer": [1], "3 layers": [0, 1, 2]}
 PROGRAM_COUNTS = (1, 8, 32)
+KV_CACHE_BYTES = 1 << 30
 
 
 def _write_inputs(folder: Path, concepts: int, seed: int) -> tuple[str, str, int]:
@@ -60,8 +61,10 @@ def run_vllm_bench(*, requests=32, prompt_length=32, new_tokens=64, repeats=5, k
                    progress=print) -> dict:
     from vllm import LLM, SamplingParams, TokensPrompt
 
+    # Several engines live at once: each gets a KV cache of a fixed size (tens of MiB are used), not
+    # vLLM's default share of the machine's memory, which the first engine alone would take.
     common = dict(dtype="float32", skip_tokenizer_init=True, max_model_len=prompt_length + new_tokens + 8,
-                  max_num_seqs=requests, enable_prefix_caching=False, seed=seed)
+                  max_num_seqs=requests, enable_prefix_caching=False, seed=seed, kv_cache_memory_bytes=KV_CACHE_BYTES)
     with tempfile.TemporaryDirectory() as folder:
         model_dir, dictionary_file, vocab = _write_inputs(Path(folder), concepts, seed)
         generator = torch.Generator().manual_seed(seed)
@@ -156,9 +159,7 @@ def _time_plugin(model_dir, dictionary_file, prompts, common, k, concepts, new_t
 def _profile_op(model_dir, dictionary_file, prompts, common, k, concepts, new_tokens, seed, clamp) -> dict:
     from vllm import LLM, SamplingParams
 
-    # In this process, whose own memory counts against vLLM's start-up check of free memory; the
-    # 32 requests need a small fraction of it.
-    engine = in_process_engine(lambda: LLM(model=model_dir, **common, gpu_memory_utilization=0.5, **engine_args(
+    engine = in_process_engine(lambda: LLM(model=model_dir, **common, **engine_args(
         dictionary_file, LAYERS["3 layers"], max_concepts=k, clamp=clamp)))
     programs = _programs(32, len(prompts), k, concepts, seed + 32)
     params = [SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True, extra_args=p) for p in programs]
@@ -187,6 +188,8 @@ def plugin_table(result: dict) -> str:
                  *(f"{1e3 * timing['eager_decode_step_s']:.1f} ms" for timing in engines.values())])
     rows.append(["op per steered layer, compiled (profiler)",
                  *(f"{1e3 * timing['compiled_op']['seconds']:.3f} ms" for timing in engines.values())])
+    rows.append(["table fill per step, compiled (profiler)",
+                 *(f"{1e3 * timing['compiled_op']['fill_seconds']:.3f} ms" for timing in engines.values())])
     return format_table(["plugin's own time per decode step (mean)", *(f"serving {label}" for label in engines)], rows)
 
 

@@ -2,7 +2,7 @@
 
 The opt-in timer (``timing.py``) sees the layers only in eager engines: inside vLLM's compiled
 graph Python timing is frozen at trace time. The profiler records each ``steerkern::steer_`` call
-the graph makes instead. It sees the worker's calls when the engine core runs in this process
+the graph makes instead, and each once-per-step table fill. It sees the worker's calls when the engine core runs in this process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts); decode calls are those with one row
 per request. The profiler adds a few microseconds to each op it records.
 """
@@ -29,14 +29,23 @@ def in_process_engine(make_engine):
             os.environ[IN_PROCESS_ENV] = before
 
 
-def op_time_per_decode_call(run, rows: int) -> dict:
-    """Mean seconds of the ``steerkern::steer_`` calls on ``rows`` rows while ``run()`` runs, and
-    their count."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
-        run()
-    calls = [event for event in profile.key_averages(group_by_input_shape=True)
-             if event.key == "steerkern::steer_" and event.input_shapes and list(event.input_shapes[0][:1]) == [rows]]
+def _mean_seconds(events, op: str, argument: int, rows: int) -> tuple[float, int]:
+    """Mean seconds and count of ``op``'s calls whose ``argument``-th input has ``rows`` rows."""
+    calls = [event for event in events if event.key == op and len(event.input_shapes) > argument
+             and list(event.input_shapes[argument][:1]) == [rows]]
     count = sum(event.count for event in calls)
     if count == 0:
-        raise RuntimeError(f"the profiler recorded no steerkern::steer_ call on {rows} rows")
-    return {"seconds": sum(event.cpu_time_total for event in calls) / count / 1e6, "calls": count}
+        raise RuntimeError(f"the profiler recorded no {op} call on {rows} rows")
+    return sum(event.cpu_time_total for event in calls) / count / 1e6, count
+
+
+def op_time_per_decode_call(run, rows: int) -> dict:
+    """Mean seconds of the ``steerkern::steer_`` calls on ``rows`` rows while ``run()`` runs, and
+    their count; the same for the once-per-step ``steerkern::fill_token_tables_`` calls of steps
+    of ``rows`` tokens (``fill_seconds``, ``fill_calls``)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        run()
+    events = profile.key_averages(group_by_input_shape=True)
+    seconds, calls = _mean_seconds(events, "steerkern::steer_", 0, rows)  # hidden (rows, d)
+    fill_seconds, fill_calls = _mean_seconds(events, "steerkern::fill_token_tables_", 3, rows)  # positions (rows,)
+    return {"seconds": seconds, "calls": calls, "fill_seconds": fill_seconds, "fill_calls": fill_calls}
