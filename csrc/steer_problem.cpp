@@ -1,5 +1,6 @@
 #include "steer.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
@@ -99,6 +100,10 @@ SteerProblem make_steer_problem(const at::Tensor& hidden, const at::Tensor& dict
                       "steerkern: residual must have hidden's dtype and shape");
     TORCH_CHECK_VALUE(residual->is_contiguous(), "steerkern: residual must be contiguous");
     check_same_device(*residual, hidden, "residual");
+    // The kernels read the residual's rows while they write hidden's.
+    TORCH_CHECK_VALUE(at::get_overlap_status(*residual, hidden) == at::MemOverlapStatus::No,
+                      "steerkern: residual shares memory with hidden, which steer_ writes while it reads the "
+                      "residual; pass a separate tensor");
     p.residual = residual->view({p.rows, p.d});
   }
   if (clamped.has_value()) {

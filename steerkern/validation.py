@@ -67,6 +67,17 @@ def check_gate_args(hidden, concept_ids, gate_bounds, gate_all):
     return gate_bounds.float().contiguous(), _check_program_flags("gate_all", gate_all, concept_ids, hidden)
 
 
+def _spans_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of two tensors (first to last element) intersect."""
+    def span(tensor):
+        start = tensor.data_ptr()
+        extent = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride())) + 1
+        return start, start + extent * tensor.element_size()
+
+    (a_start, a_end), (b_start, b_end) = span(a), span(b)
+    return a.numel() > 0 and b.numel() > 0 and a_start < b_end and b_start < a_end
+
+
 def _check_program_flags(name, flags, concept_ids, hidden):
     """One bool per program on hidden's device (None passes), contiguous."""
     if flags is None:
@@ -90,6 +101,9 @@ def check_stream_args(hidden, concept_ids, mode, residual, clamped):
         if residual.device != hidden.device:
             _fail(f"residual is on {residual.device} but hidden is on {hidden.device}")
         residual = residual.contiguous()
+        if _spans_overlap(residual, hidden):
+            _fail("residual shares memory with hidden, which steer_ writes while it reads the residual; "
+                  "pass a separate tensor")
     if clamped is not None and mode != "clamp":
         _fail(f"clamped picks the clamping programs of mode 'clamp'; mode is {mode!r}")
     return residual, _check_program_flags("clamped", clamped, concept_ids, hidden)

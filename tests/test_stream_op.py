@@ -127,6 +127,7 @@ def test_opcheck_steer_with_residual(device, mode):
 BAD = [
     ("residual of another dtype", dict(residual=lambda a: a["hidden"].double()), "residual must have hidden's dtype"),
     ("residual of another shape", dict(residual=lambda a: a["hidden"][:, :-1]), "residual must have hidden's dtype"),
+    ("residual is hidden", dict(residual=lambda a: a["hidden"]), "residual shares memory with hidden"),
     ("clamped in mode add", dict(mode=lambda a: "add"), "clamped picks the clamping programs"),
     ("clamped per row of a per-sequence program", dict(clamped=lambda a: torch.ones(3, 11, dtype=torch.bool)),
      "clamped must be a bool tensor of shape"),
@@ -147,6 +148,25 @@ def test_bad_residual_or_clamped_is_refused_before_anything_is_written(name, ove
     assert torch.equal(hidden, original)
 
 
+def test_a_residual_overlapping_hidden_is_refused_by_the_wrapper_and_the_raw_op():
+    case = dict(mode="clamp", dtype=torch.float32, program="per_row", masked=False, d=16, slots=2,
+                dictionary_fp32=False, residual=True, clamped=True)
+    a = _inputs(case, "cpu", 0)
+    hidden = a.pop("hidden")
+    d = hidden.shape[-1]
+    buffer = torch.cat([hidden.reshape(-1), torch.randn(d)])
+    hidden = buffer[:hidden.numel()].view(hidden.shape)
+    a["residual"] = buffer[d:].view(hidden.shape)  # starts one row into hidden
+    original = buffer.clone()
+    with pytest.raises(ValueError, match="residual shares memory with hidden"):
+        steerkern.steer_(hidden, **a)
+    if steerkern.build_info()["backend"] == "compiled":
+        with pytest.raises(ValueError, match="residual shares memory with hidden"):
+            torch.ops.steerkern.steer_(hidden, a["dictionary"], a["concept_ids"], a["coeffs"], "clamp", None, None,
+                                       None, None, a["residual"], a["clamped"])
+    assert torch.equal(buffer, original)
+
+
 @compiled
 def test_raw_op_checks_residual_and_clamped():
     case = dict(mode="clamp", dtype=torch.float32, program="per_row", masked=False, d=16, slots=2,
@@ -156,6 +176,8 @@ def test_raw_op_checks_residual_and_clamped():
     head = (a["hidden"], a["dictionary"], a["concept_ids"], a["coeffs"])
     with pytest.raises(ValueError, match="residual must have hidden's dtype and shape"):
         call(*head, "clamp", None, None, None, None, a["residual"][:, 1:].contiguous(), None)
+    with pytest.raises(ValueError, match="residual shares memory with hidden"):
+        call(*head, "clamp", None, None, None, None, a["hidden"], None)
     with pytest.raises(ValueError, match="clamped picks the clamping programs of mode clamp"):
         call(*head, "add", None, None, None, None, None, a["clamped"])
     with pytest.raises(ValueError, match="clamped must be bool with one flag per program"):
