@@ -486,7 +486,8 @@ def bench_kernels(args, device) -> list[dict]:
 
 
 def bench_e2e(args, device) -> dict:
-    from . import bench, demo
+    from . import demo
+    from .bench_e2e import e2e_table, run_e2e
     from .dictionary import ConceptDictionary
 
     dtype = _single_dtype(args, device)
@@ -503,9 +504,9 @@ def bench_e2e(args, device) -> dict:
     layer = 1 if args.layer is None else args.layer
     print(f"end to end: {type(model).__name__} d={width}, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
           f"greedy, steering at layer {layer}, {device} {str(dtype).removeprefix('torch.')}", file=sys.stderr)
-    result = bench.run_e2e(model, dictionary, layer, batch=args.batch_size, new_tokens=args.max_new_tokens,
-                           prompt_length=args.prompt_length, repeats=args.repeats)
-    print(bench.e2e_table(result))
+    result = run_e2e(model, dictionary, layer, batch=args.batch_size, new_tokens=args.max_new_tokens,
+                     prompt_length=args.prompt_length, repeats=args.repeats)
+    print(e2e_table(result))
     print(f"steerkern against the plain hook: {100 * result['steerkern_over_forward_hook']:.1f}% of its speed "
           "(median of the ratios within each repeat)")
     print(f"conditional steering against unconditional: {100 * result['conditional_over_steerkern']:.1f}% of its speed")

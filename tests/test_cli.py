@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from steerkern import bench, demo, floors
+from steerkern import bench, bench_e2e, demo, floors
 from steerkern.cli import main
 from steerkern.dictionary import ConceptDictionary
 from tests.tiny_models import tiny_gemma2
@@ -282,7 +282,7 @@ def test_bench_e2e_compares_hooks_with_a_plain_forward_hook(tmp_path, capsys):
     status, out, _ = run(argv, capsys)
     result = json.loads(path.read_text())["e2e"]
     assert status == 0
-    assert set(result["tokens_per_s"]) == set(result["of_unsteered"]) == set(bench.E2E_VARIANTS)
+    assert set(result["tokens_per_s"]) == set(result["of_unsteered"]) == set(bench_e2e.E2E_VARIANTS)
     assert result["of_unsteered"]["unsteered"] == 1.0
     assert result["steered_tokens_agree"]  # same math in float32: the same greedy tokens
     assert "of unsteered" in out
