@@ -4,8 +4,9 @@
                                                    every CUDA steer kernel instantiation, small, for
                                                    compute-sanitizer (memcheck, racecheck, initcheck):
                                                    fused add, clamp over two tiles, detect, misaligned
-                                                   views, wide and tiny rows; --quick only clamp
-                                                   and one fused add per instantiation; --detect
+                                                   views, wide and tiny rows, the serving table
+                                                   fill; --quick only clamp and one fused add per
+                                                   instantiation (and the fill); --detect
                                                    adds the dense-detect epilogues (via cuBLAS)
     python benchmarks/cuda_cases.py --bench        the fused op against the reference on slices of
                                                    the benchmark shapes (steerkern bench's targets)
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from steerkern import reference  # noqa: E402
 from tests.op_cases import assert_acts_close, assert_hidden_close, make_program, unit_rows  # noqa: E402
+from tests.table_cases import request_tables, step, token_buffers  # noqa: E402
 
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 DTYPE_PAIRS = [(BF16, BF16), (BF16, FP32), (FP16, FP16), (FP16, FP32), (FP32, FP32)]
@@ -101,11 +103,38 @@ def sanitizer_cases(with_detect: bool, quick: bool) -> int:
         except AssertionError as error:
             failed += 1
             print(f"FAIL steer {case}: {str(error).splitlines()[0]}")
+    failed += table_fill_cases()
     if with_detect:
         failed += detect_cases()
     torch.cuda.synchronize()
-    print(f"{len(cases)} steer cases{' and the detect epilogues' if with_detect else ''}: {failed} failed")
+    print(f"{len(cases)} steer cases, the table fills{' and the detect epilogues' if with_detect else ''}: "
+          f"{failed} failed")
     return 1 if failed else 0
+
+
+def table_fill_cases() -> int:
+    """The serving plugin's table fill on random steps (padding rows, requests without tokens, a
+    one-request table), against the reference on the CPU; one call with no query_start_loc."""
+    failed = 0
+    gen = torch.Generator().manual_seed(2)
+    for groups, max_requests, slots, index_dtype in ((1, 6, 4, torch.int32), (3, 6, 1, torch.int64),
+                                                     (2, 1, 5, torch.int32)):
+        for _ in range(3):
+            tables = request_tables(groups, max_requests, slots, "cpu", gen)
+            positions, starts = step(int(torch.randint(0, max_requests + 1, (), generator=gen)), "cpu", gen, index_dtype)
+            for query_start_loc in (starts, None):
+                expected = reference.token_tables(positions, query_start_loc, **tables)
+                buffers = token_buffers(groups, slots, "cuda")
+                torch.ops.steerkern.fill_token_tables_(
+                    *buffers, positions.cuda(), None if query_start_loc is None else query_start_loc.cuda(),
+                    *(table.cuda() for table in tables.values()))
+                tokens = positions.shape[0]
+                got = (buffers[0][:, :tokens], buffers[1][:, :tokens], buffers[2][:tokens])
+                if not all(torch.equal(a.cpu(), b) for a, b in zip(got, expected)):
+                    failed += 1
+                    print(f"FAIL table fill: {groups} groups, {max_requests} requests, {slots} slots, "
+                          f"{'no ' if query_start_loc is None else ''}query_start_loc")
+    return failed
 
 
 def detect_cases() -> int:

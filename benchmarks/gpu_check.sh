@@ -7,9 +7,10 @@
 #   build             pip install -e . for this GPU's arch only                         (limit 240 s)
 #   build-info        the CUDA kernels are compiled in                                  (30 s)
 #   memcheck, racecheck, initcheck
-#                     every CUDA steer kernel instantiation, small, under compute-sanitizer,
-#                     checked against the reference (benchmarks/cuda_cases.py; racecheck
-#                     and initcheck one case per instantiation)                         (75, 60, 60 s)
+#                     every CUDA steer kernel instantiation and the serving table fill, small,
+#                     under compute-sanitizer, checked against the reference
+#                     (benchmarks/cuda_cases.py; racecheck and initcheck one steer case
+#                     per instantiation)                                                (75, 60, 60 s)
 #   cuda-tests        pytest -m cuda with CUDA_LAUNCH_BLOCKING=1, so a fault names its test (150 s)
 #   bench             steerkern bench's GPU targets; fails if the fused op failed        (120 s)
 #   bench-check       the fused op against the reference on slices of the bench shapes   (60 s)
