@@ -106,10 +106,10 @@ fi
 
 step cuda-tests 150 env CUDA_LAUNCH_BLOCKING=1 "$PYTHON" -m pytest -m cuda tests -q -rfE -p no:cacheprovider \
   -o faulthandler_timeout=60 --junitxml="$OUT/cuda-tests.xml"
-# The GPU targets (T = 65536 and 4096 at d = 2304/3584, the graphed decode shape, dense detect)
+# The GPU targets (T = 65536 and 4096 at d = 2304/3584, the graphed decode shape, gated steering, dense detect)
 # against the reference, the naive formula and the roof; the step fails when the fused op did.
 step bench 120 bash -c '"$1" -m steerkern.cli bench --device cuda --budget 0.3 \
-  --providers steerkern,reference,naive,roof,matmul --json "$2" && "$1" benchmarks/cuda_cases.py --targets "$2"' \
+  --providers steerkern,reference,naive,roof,matmul,same-slots,steering-slots,two-pass --json "$2" && "$1" benchmarks/cuda_cases.py --targets "$2"' \
   bench "$PYTHON" "$OUT/bench.json"
 step bench-check 60 "$PYTHON" benchmarks/cuda_cases.py --bench
 step bench-e2e 60 "$PYTHON" -m steerkern.cli bench --e2e --device cuda --json "$OUT/bench_e2e.json"

@@ -31,11 +31,14 @@ MODES = reference.MODES
 PROGRAMS = ("sequence", "token")
 STEER_PROVIDERS = ("steerkern", "reference", "compile", "naive", "roof")
 DENSE_PROVIDERS = ("steerkern", "reference", "matmul")
+GATED_PROVIDERS = ("steerkern", "same-slots", "steering-slots", "two-pass", "roof")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One shape to time. ``op`` "steer" times ``steer_``; "dense" times ``detect(reduce="max")``.
+    """One shape to time. ``op`` "steer" times ``steer_``; "dense" times ``detect(reduce="max")``;
+    "gated" times a per-token add program of K steering slots and ``gates`` gate slots, with the
+    threshold set so that a ``passing`` share of the rows pass.
 
     hidden is (tokens // seq_len, seq_len, d); a "sequence" program gives each sequence K slots,
     a "token" program each row. Concept ids are drawn from ``pool`` rows of a ``concepts``-row
@@ -54,6 +57,8 @@ class Case:
     concepts: int = 16384
     pool: int = 32
     graph: bool = False
+    gates: int = 1
+    passing: float = 0.5
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -64,6 +69,8 @@ class Case:
         batch, seq_len, d = self.shape
         if self.op == "dense":
             return f"dense {self.dtype} T={batch * seq_len} d={d} N={self.concepts}"
+        if self.op == "gated":
+            return f"gated add K={self.k}+{self.gates} {self.dtype} T={batch * seq_len} d={d} passing {self.passing:.0%}"
         layout = f" ({batch}x{seq_len})" if self.program == "sequence" else ""
         graph = " graph" if self.graph else ""
         return f"{self.mode} {self.program} K={self.k} {self.dtype} T={batch * seq_len}{layout} d={d}{graph}"
@@ -73,6 +80,7 @@ def _cpu_cases(dtypes) -> list[Case]:
     """The CPU performance targets: T = 8192, d = 2304, 32 pooled concepts of a 16384-row dictionary."""
     steer = [("add", "sequence", 4), ("add", "token", 4), ("add", "token", 16), ("clamp", "token", 4), ("detect", "token", 4)]
     cases = [Case("steer", 8192, 2304, dtype, k=k, mode=mode, program=program) for dtype in dtypes for mode, program, k in steer]
+    cases += [Case("gated", 8192, 2304, dtype, passing=passing) for dtype in dtypes for passing in GATED_PASSING]
     return cases + [Case("dense", 512, 2304, dtype) for dtype in dtypes]
 
 
@@ -84,6 +92,7 @@ def _cuda_cases(dtypes) -> list[Case]:
         cases += [Case("steer", 65536, d, dtype, k=4, program="sequence")]
         cases += [Case("steer", 4096, d, dtype, k=4, mode=mode) for mode in MODES]
         cases += [Case("dense", 4096, d, dtype)]
+    cases += [Case("gated", 65536, 2304, dtype, passing=passing) for dtype in dtypes for passing in GATED_PASSING]
     cases += [Case("steer", 256, 3584, dtype, k=4, program="sequence", seq_len=1, graph=True) for dtype in dtypes]
     return cases
 
@@ -108,14 +117,18 @@ def _sweep_cases(dtypes) -> list[Case]:
 
 
 PRESETS = ("targets", "sweep")
+OPS = ("steer", "gated", "dense")
+# Shares of rows whose gate passes in the gated targets: a concept that fires now and then, and half the time.
+GATED_PASSING = (0.1, 0.5)
 
 
 def default_dtypes(device: torch.device) -> list[str]:
     return ["bfloat16"] if device.type == "cuda" else ["float32", "bfloat16"]
 
 
-def build_cases(preset: str, device: torch.device, dtypes=None, ops=("steer", "dense"), **axes) -> list[Case]:
-    """The preset's cases; each axis given in ``axes`` (a list) replaces that axis in every case."""
+def build_cases(preset: str, device: torch.device, dtypes=None, ops=OPS, **axes) -> list[Case]:
+    """The preset's cases; each axis given in ``axes`` (a list) replaces that axis in every case.
+    Gated cases are add with per-token programs: a mode or program axis without those drops them."""
     dtypes = list(dtypes or default_dtypes(device))
     if preset == "sweep":
         cases = _sweep_cases(dtypes)
@@ -127,7 +140,9 @@ def build_cases(preset: str, device: torch.device, dtypes=None, ops=("steer", "d
         if case.op not in ops:
             continue
         for combination in itertools.product(*axes.values()):
-            expanded.append(dataclasses.replace(case, **dict(zip(axes, combination))))
+            replaced = dataclasses.replace(case, **dict(zip(axes, combination)))
+            if replaced.op != "gated" or (replaced.mode, replaced.program) == ("add", "token"):
+                expanded.append(replaced)
     return list(dict.fromkeys(expanded))  # drop the duplicates a replaced axis creates, keep order
 
 
@@ -194,7 +209,7 @@ def prepare(case: Case, device: torch.device, providers=None, seed: int = 0) -> 
     dictionary = torch.randn(case.concepts, d, **random)
     dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(dtype)
     hidden_bytes = batch * seq_len * d * dtype.itemsize
-    make = _prepare_dense if case.op == "dense" else _prepare_steer
+    make = {"steer": _prepare_steer, "gated": _prepare_gated, "dense": _prepare_dense}[case.op]
     build_set, provider_table, bytes_moved, flops = make(case, dictionary, random)
     set_bytes = hidden_bytes * (1 if case.op == "dense" else 2)  # steer sets carry a roof buffer
     inputs = [build_set() for _ in range(_input_copies(set_bytes, device))]
@@ -237,6 +252,68 @@ def _prepare_steer(case: Case, dictionary, random):
     hidden_bytes = rows * d * dtype.itemsize
     traffic = hidden_bytes * (1 if mode == "detect" else 2) + rows * case.k * 4 + slots * (8 + 4)
     return build_set, providers, traffic, 2 * rows * case.k * d * (1 if mode == "add" else 2)
+
+
+def _prepare_gated(case: Case, dictionary, random):
+    """Per-token programs of K steering slots and G gate slots, steered in one pass, against an
+    unconditional pass over the same K + G slots, one over the K steering slots, and detect-then-
+    steer in two passes (a detect call for the gates, the threshold as tensor ops, a masked steer).
+
+    Every provider writes hidden, so the gates must not see those writes, or the share of rows that
+    pass would drift from round to round: the gate rows are orthogonal to the steering pool, the
+    same-slots pass gives them coefficient 0, and the coefficients are small, so that hundreds of
+    writes do not grow the rows (a half-precision row's rounding grows with it, and moves the
+    gates' activations). The op's work does not depend on the values. Each row's gate activations
+    are drawn uniformly from [0, 1) and the threshold is their quantile."""
+    batch, seq_len, d = case.shape
+    dtype = DTYPES[case.dtype]
+    drawn = torch.randperm(case.concepts, **random)[: case.pool + case.gates]
+    pool, gate_ids = drawn[: case.pool], drawn[case.pool :]
+    directions = torch.cat([dictionary[pool].float(), torch.randn(case.gates, d, **random)])
+    gate_rows = torch.linalg.qr(directions.T).Q[:, case.pool :].T  # orthonormal, orthogonal to the pool
+    dictionary[gate_ids] = gate_rows.to(dtype)
+    program_shape = (batch, seq_len, case.k + case.gates)
+    steering, gate_slots = slice(0, case.k), slice(case.k, None)
+
+    def build_set():
+        hidden = torch.randn(batch, seq_len, d, **random)
+        wanted = torch.rand(batch, seq_len, case.gates, **random)
+        hidden = (hidden + (wanted - hidden @ gate_rows.T) @ gate_rows).to(dtype)
+        ids = torch.cat([pool[torch.randint(len(pool), (batch, seq_len, case.k), **random)],
+                         gate_ids.expand(batch, seq_len, -1)], dim=-1)
+        coeffs = torch.rand(program_shape, **random) * 4e-3 + 1e-3
+        gate_acts = steer_(hidden, dictionary, ids[..., gate_slots], coeffs[..., gate_slots], mode="detect")
+        strongest = gate_acts.amax(-1).flatten().float()
+        above = -1.0 if case.passing >= 1 else torch.quantile(strongest, 1 - case.passing).item()
+        bounds = torch.full((*program_shape, 2), math.nan, device=hidden.device)
+        bounds[..., gate_slots, 0], bounds[..., gate_slots, 1] = above, math.inf
+        return {
+            "hidden": hidden, "ids": ids, "coeffs": coeffs, "bounds": bounds, "above": above,
+            "same_slots_coeffs": coeffs.masked_fill(bounds[..., 0].isnan().logical_not(), 0.0),
+            "steering_ids": ids[..., steering].contiguous(), "steering_coeffs": coeffs[..., steering].contiguous(),
+            "gate_ids": ids[..., gate_slots].contiguous(), "gate_coeffs": coeffs[..., gate_slots].contiguous(),
+            "passing": (strongest > above).float().mean().item(),
+            "roof": torch.rand(batch * seq_len * d * dtype.itemsize // 4, **random),
+        }
+
+    def two_pass(x):
+        gate_acts = steer_(x["hidden"], dictionary, x["gate_ids"], x["gate_coeffs"], mode="detect", check_ids=False)
+        mask = (gate_acts > x["above"]).any(-1)
+        return steer_(x["hidden"], dictionary, x["steering_ids"], x["steering_coeffs"], mask=mask, check_ids=False)
+
+    providers = {
+        "steerkern": lambda x: steer_(x["hidden"], dictionary, x["ids"], x["coeffs"], gate_bounds=x["bounds"],
+                                      check_ids=False),
+        "same-slots": lambda x: steer_(x["hidden"], dictionary, x["ids"], x["same_slots_coeffs"], check_ids=False),
+        "steering-slots": lambda x: steer_(x["hidden"], dictionary, x["steering_ids"], x["steering_coeffs"],
+                                           check_ids=False),
+        "two-pass": two_pass,
+        "roof": lambda x: x["roof"].mul_(1.0),
+    }
+    rows = batch * seq_len
+    hidden_bytes = rows * d * dtype.itemsize
+    traffic = hidden_bytes * (1 + case.passing) + rows * (case.k + case.gates) * (8 + 4 + 8 + 4)
+    return build_set, providers, traffic, 2 * rows * d * (2 * case.k + case.gates)
 
 
 def _prepare_dense(case: Case, dictionary, random):
@@ -424,13 +501,16 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         providers[name] = entry
     fused = _median(timings, "steerkern")
     ratios = {f"steerkern_speedup_vs_{name}": _median(timings, name) / fused for name in timings if name not in ("steerkern", "roof", "matmul")}
-    floor = {}
-    if case.op == "steer":
+    extra = {}  # the floors of a steer case, the share of rows passing a gated case's gates
+    if case.op != "dense":
         ratios["steerkern_over_roof"] = fused / _median(timings, "roof")
+    if case.op == "gated":
+        extra = {"passing": workload.inputs[0]["passing"]}
+    elif case.op == "steer":
         if not math.isnan(_median(timings, "roof")):
             seconds = floors.steer_floors(case, _median(timings, "roof"), workload.inputs[0]["hidden"].device)
             binds, floor_s = floors.binding(seconds)
-            floor = {"floors_s": seconds, "binding_floor": binds}
+            extra = {"floors_s": seconds, "binding_floor": binds}
             ratios["steerkern_over_floor"] = fused / floor_s
     else:
         ratios["steerkern_over_matmul"] = fused / _median(timings, "matmul")
@@ -443,7 +523,7 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         "timed": "after eviction" if evicts_caches(workload) else "back to back",
         "bytes_moved": workload.bytes_moved,
         "flops": workload.flops,
-        **floor,
+        **extra,
         "providers": providers,
         "ratios": {name: value for name, value in ratios.items() if not math.isnan(value)},
     }
@@ -529,6 +609,26 @@ def steer_table(results) -> str:
             format_time(_get(result.get("floors_s"), "compute")), format_time(_get(result.get("floors_s"), "gather")),
             result.get("binding_floor", "n/a"), _ratio(ratios.get("steerkern_over_floor", math.nan)),
             *(_ratio(ratios.get(f"steerkern_speedup_vs_{name}", math.nan), 1) for name in baselines),
+        ])
+    return format_table(headers, rows) if rows else ""
+
+
+def gated_table(results) -> str:
+    results = [result for result in results if result["case"]["op"] == "gated"]
+    headers = ["K", "gates", "dtype", "T", "d", "passing", "roof", "steerkern", "op/roof", "same slots", "op/same",
+               "steering slots", "op/steering", "two-pass", "two-pass/op"]
+    rows = []
+    for result in results:
+        case = result["case"]
+        providers, ratios = result.get("providers", {}), result.get("ratios", {})
+        batch, seq_len, d = result.get("hidden_shape", (0, case["tokens"], case["d"]))
+        times = {name: format_time(_get(providers.get(name), "median_s")) for name in GATED_PROVIDERS}
+        over = {name: _ratio(1 / ratios.get(f"steerkern_speedup_vs_{name}", math.nan)) for name in GATED_PROVIDERS}
+        rows.append([
+            case["k"], case["gates"], case["dtype"], batch * seq_len, d, _ratio(100 * result.get("passing", math.nan), 0, "%"),
+            times["roof"], times["steerkern"], _ratio(ratios.get("steerkern_over_roof", math.nan)),
+            times["same-slots"], over["same-slots"], times["steering-slots"], over["steering-slots"],
+            times["two-pass"], _ratio(ratios.get("steerkern_speedup_vs_two-pass", math.nan)),
         ])
     return format_table(headers, rows) if rows else ""
 

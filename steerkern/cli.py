@@ -58,6 +58,13 @@ def _comma_list(kind, choices=None):
     return parse
 
 
+def _fraction_list(text):
+    values = _comma_list(float)(text)
+    if any(not 0 <= value <= 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected fractions between 0 and 1, got {text!r}")
+    return values
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -457,7 +464,8 @@ def bench_kernels(args, device) -> list[dict]:
     from . import bench
 
     axes = {"tokens": args.tokens, "d": args.d, "k": args.k, "mode": args.mode, "program": args.program,
-            "seq_len": args.seq_len, "concepts": args.concepts, "pool": args.pool}
+            "seq_len": args.seq_len, "concepts": args.concepts, "pool": args.pool, "gates": args.gates,
+            "passing": args.passing}
     if args.cuda_graph:
         axes["graph"] = [True]
     cases = bench.build_cases(args.preset, device, args.dtype, ops=args.ops, **axes)
@@ -466,6 +474,9 @@ def bench_kernels(args, device) -> list[dict]:
     for case in cases:
         if case.op == "steer" and case.pool > case.concepts:
             raise UsageError(f"--pool {case.pool} is larger than the dictionary (--concepts {case.concepts})")
+        if case.op == "gated" and case.pool + case.gates > min(case.concepts, case.d):
+            raise UsageError(f"--pool {case.pool} and --gates {case.gates} need that many dictionary rows (--concepts "
+                             f"{case.concepts}) and independent directions (--d {case.d})")
     rounds = args.rounds or (50 if device.type == "cuda" else 15)
     print(f"steerkern bench on {device} ({len(cases)} cases, medians of up to {rounds} rounds, providers interleaved)", file=sys.stderr)
     started = time.perf_counter()
@@ -476,6 +487,9 @@ def bench_kernels(args, device) -> list[dict]:
     for title, table in (("steer_ (fused op vs roof = buf.mul_(1.0) over the same bytes in float32; floors: memory = roof, compute = "
                           "FLOPs at the float32 matmul peak, gather = dictionary reads at the pool's cache bandwidth)",
                           bench.steer_table(results)),
+                         (("gated steer_, one pass (op/same: against an unconditional pass over the same slots; op/steering: "
+                           "over the steering slots alone; two-pass: a detect call for the gates, then a masked steer)"),
+                          bench.gated_table(results)),
                          ("dense detect, reduce='max' (vs the bare matmul)", bench.dense_table(results))):
         if table:
             print(f"\n{title}\n{table}")
@@ -519,7 +533,7 @@ def bench_e2e(args, device) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import DENSE_PROVIDERS, MODES, PRESETS, PROGRAMS, STEER_PROVIDERS
+    from .bench import DENSE_PROVIDERS, GATED_PROVIDERS, MODES, OPS, PRESETS, PROGRAMS, STEER_PROVIDERS
     from .bench_learn import add_arguments as add_learn_bench_arguments
     from .learn.cli import add_parser as add_learn_parser
 
@@ -579,9 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seq-len", type=_comma_list(int), metavar="S,...", help="rows per sequence (default 256; 1 = decode step)")
     bench.add_argument("--concepts", type=_comma_list(int), metavar="N,...", help="dictionary rows (default 16384)")
     bench.add_argument("--pool", type=_comma_list(int), metavar="P,...", help="rows the programs draw from (default 32)")
-    bench.add_argument("--ops", type=_comma_list(str, ("steer", "dense")), default=["steer", "dense"], metavar="OP,...", help="steer, dense (default: both)")
-    bench.add_argument("--providers", type=_comma_list(str, tuple(dict.fromkeys(STEER_PROVIDERS + DENSE_PROVIDERS))), metavar="P,...",
-                       help=f"restrict providers (steer: {', '.join(STEER_PROVIDERS)}; dense: {', '.join(DENSE_PROVIDERS)})")
+    bench.add_argument("--ops", type=_comma_list(str, OPS), default=list(OPS), metavar="OP,...",
+                       help="steer; gated (per-token add programs with gate slots, in one pass, against an unconditional pass "
+                            "over the same slots, over the steering slots alone, and detect-then-steer); dense (default: all)")
+    bench.add_argument("--gates", type=_comma_list(int), metavar="G,...", help="gate slots per program of the gated cases (default 1)")
+    bench.add_argument("--passing", type=_fraction_list, metavar="F,...",
+                       help="shares of rows whose gate passes in the gated cases (default 0.1,0.5)")
+    bench.add_argument("--providers", type=_comma_list(str, tuple(dict.fromkeys(STEER_PROVIDERS + GATED_PROVIDERS + DENSE_PROVIDERS))),
+                       metavar="P,...", help=f"restrict providers (steer: {', '.join(STEER_PROVIDERS)}; gated: "
+                                             f"{', '.join(GATED_PROVIDERS)}; dense: {', '.join(DENSE_PROVIDERS)})")
     bench.add_argument("--cuda-graph", action="store_true", help="replay every case from a CUDA graph (no Python launch cost)")
     bench.add_argument("--rounds", type=_positive_int, metavar="N", help="timed rounds per provider (default: 15 CPU, 50 CUDA)")
     bench.add_argument("--budget", type=float, default=1.0, metavar="S", help="seconds per provider and case before rounds are cut (at least 3 rounds; default 1)")

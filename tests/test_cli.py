@@ -85,6 +85,8 @@ def _bad_usages(model, dictionary, tmp_path):
         (["bench", "--dtype", "float64"], "float64"),
         (["bench", "--mode", "scale"], "scale"),
         (["bench", "--tokens", "0"], "positive"),
+        (["bench", "--passing", "1.5"], "fractions between 0 and 1"),
+        (["bench", "--ops", "gated", "--pool", "60", "--d", "48"], "independent directions"),
         (["bench", "--device", "cpu", "--cuda-graph"], "--cuda-graph needs"),
         (["bench", "--device", "tpu"], "device"),
         (["bench", "--json", str(tmp_path / "no-folder" / "bench.json")], "folder does not exist"),
@@ -225,7 +227,9 @@ def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
     assert report["command"].startswith("steerkern bench --device cpu")
     steer_cases = [case for case in report["cases"] if case["case"]["op"] == "steer"]
     assert len(steer_cases) == 2 * 4  # the 5 target programs, add/token/K=4 and K=16 merged by --k 2, per dtype
-    assert len(report["cases"]) == len(steer_cases) + 2
+    gated_cases = [case for case in report["cases"] if case["case"]["op"] == "gated"]
+    assert len(gated_cases) == 2 * len(bench.GATED_PASSING)
+    assert len(report["cases"]) == len(steer_cases) + len(gated_cases) + 2
     for case in steer_cases:
         assert set(case["providers"]) == {"steerkern", "reference", "naive", "roof"}
         assert all(entry["error"] is None and entry["median_s"] > 0 for entry in case["providers"].values())
@@ -240,6 +244,51 @@ def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
         assert case["timed"] == "back to back"  # steer calls run as a model's layers do
     dense = [case for case in report["cases"] if case["case"]["op"] == "dense"]
     assert all(case["timed"] == "after eviction" for case in dense)  # a small dictionary stays cached
+
+
+def test_bench_gated_cases_time_one_pass_against_the_same_slots_and_two_passes(tmp_path, capsys):
+    path = tmp_path / "gated.json"
+    argv = [*TINY_BENCH, "--dtype", "fp32", "--ops", "gated", "--gates", "2", "--passing", "0,0.25,1", "--json", str(path)]
+    status, out, _ = run(argv, capsys)
+    cases = json.loads(path.read_text())["cases"]
+    assert status == 0 and "two-pass/op" in out
+    assert [case["case"]["passing"] for case in cases] == [0, 0.25, 1]
+    for case in cases:
+        assert set(case["providers"]) == set(bench.GATED_PROVIDERS)
+        assert all(entry["error"] is None and entry["median_s"] > 0 for entry in case["providers"].values())
+        assert {"steerkern_over_roof", "steerkern_speedup_vs_same-slots", "steerkern_speedup_vs_steering-slots",
+                "steerkern_speedup_vs_two-pass"} <= set(case["ratios"])
+        assert case["passing"] == pytest.approx(case["case"]["passing"], abs=1 / 64)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("passing", [0.1, 0.5])
+def test_gated_providers_agree_and_keep_the_share_of_passing_rows(dtype, passing):
+    """The gated op and detect-then-steer steer the same rows the same way; and since every
+    provider writes hidden between rounds, none of them may move the gates' activations beyond
+    the rounding of the writes."""
+    case = bench.Case("gated", 512, 96, dtype, k=3, gates=2, concepts=256, pool=16, passing=passing)
+    workload = bench.prepare(case, torch.device("cpu"))
+    inputs = workload.inputs[0]
+    assert inputs["passing"] == pytest.approx(passing, abs=1 / 512)
+    dictionary = workload.dictionary
+    gate_acts = bench.steer_(inputs["hidden"].clone(), dictionary, inputs["gate_ids"], inputs["gate_coeffs"], mode="detect")
+    one_pass, two_pass = inputs["hidden"].clone(), inputs["hidden"].clone()
+    bench.steer_(one_pass, dictionary, inputs["ids"], inputs["coeffs"], gate_bounds=inputs["bounds"])
+    workload.providers["two-pass"]({**inputs, "hidden": two_pass})
+    assert torch.equal(one_pass, two_pass)
+    steered = (one_pass != inputs["hidden"]).any(-1)
+    assert torch.equal(steered, (gate_acts > inputs["above"]).any(-1))
+    for _ in range(3):
+        for provider in workload.providers.values():
+            provider(inputs)
+    after = bench.steer_(inputs["hidden"], dictionary, inputs["gate_ids"], inputs["gate_coeffs"], mode="detect")
+    if dtype == "float32":
+        assert (after - gate_acts).abs().max() < 1e-4
+        assert torch.equal((after > inputs["above"]).any(-1), steered)
+    else:  # each write rounds the row, which moves an activation by a few thousandths either way
+        assert (after - gate_acts).abs().max() < 0.05
+        assert (after > inputs["above"]).any(-1).float().mean().item() == pytest.approx(passing, abs=0.02)
 
 
 def test_floors_scale_with_the_work_and_the_slowest_binds():
