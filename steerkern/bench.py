@@ -126,9 +126,18 @@ def default_dtypes(device: torch.device) -> list[str]:
     return ["bfloat16"] if device.type == "cuda" else ["float32", "bfloat16"]
 
 
+# The axes each kind of case reads; an axis given for others leaves them as they are.
+CASE_AXES = {
+    "steer": {"tokens", "d", "k", "mode", "program", "seq_len", "concepts", "pool", "graph"},
+    "gated": {"tokens", "d", "k", "mode", "program", "seq_len", "concepts", "pool", "graph", "gates", "passing"},
+    "dense": {"tokens", "d", "seq_len", "concepts", "graph"},
+}
+
+
 def build_cases(preset: str, device: torch.device, dtypes=None, ops=OPS, **axes) -> list[Case]:
-    """The preset's cases; each axis given in ``axes`` (a list) replaces that axis in every case.
-    Gated cases are add with per-token programs: a mode or program axis without those drops them."""
+    """The preset's cases; each axis given in ``axes`` (a list) replaces that axis in every case
+    that reads it. Gated cases are add with per-token programs: a mode or program axis without
+    those drops them."""
     dtypes = list(dtypes or default_dtypes(device))
     if preset == "sweep":
         cases = _sweep_cases(dtypes)
@@ -139,8 +148,9 @@ def build_cases(preset: str, device: torch.device, dtypes=None, ops=OPS, **axes)
     for case in cases:
         if case.op not in ops:
             continue
-        for combination in itertools.product(*axes.values()):
-            replaced = dataclasses.replace(case, **dict(zip(axes, combination)))
+        own = {name: values for name, values in axes.items() if name in CASE_AXES[case.op]}
+        for combination in itertools.product(*own.values()):
+            replaced = dataclasses.replace(case, **dict(zip(own, combination)))
             if replaced.op != "gated" or (replaced.mode, replaced.program) == ("add", "token"):
                 expanded.append(replaced)
     return list(dict.fromkeys(expanded))  # drop the duplicates a replaced axis creates, keep order

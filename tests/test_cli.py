@@ -344,5 +344,11 @@ def test_bench_axes_replace_the_preset_values():
     assert len([case for case in targets if case.op == "steer"]) == 2 * 5
     only_add = bench.build_cases("targets", cpu, ["float32"], ops=["steer"], mode=["add"])
     assert [(case.program, case.k) for case in only_add] == [("sequence", 4), ("token", 4), ("token", 16)]
+    # An axis replaces values only in the cases that read it: no steer or dense case is timed twice.
+    several = bench.build_cases("targets", cpu, ["float32"], k=[2, 4], passing=[0.1, 1.0], gates=[1, 2])
+    assert len([case for case in several if case.op == "steer"]) == 4 * 2  # add/token K=4 and K=16 merge
+    assert len([case for case in several if case.op == "gated"]) == 2 * 2 * 2
+    assert len([case for case in several if case.op == "dense"]) == 1
+    assert not [case for case in bench.build_cases("targets", cpu, ["float32"], mode=["clamp"]) if case.op == "gated"]
     sweep = bench.build_cases("sweep", cpu, ["bfloat16"], ops=["steer"])
     assert {case.tokens for case in sweep} == {1, 16, 256, 4096, 65536} and {case.k for case in sweep} == {1, 4, 16, 64}
