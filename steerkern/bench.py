@@ -299,7 +299,7 @@ def _prepare_gated(case: Case, dictionary, random):
         bounds[..., gate_slots, 0], bounds[..., gate_slots, 1] = above, math.inf
         return {
             "hidden": hidden, "ids": ids, "coeffs": coeffs, "bounds": bounds, "above": above,
-            "same_slots_coeffs": coeffs.masked_fill(bounds[..., 0].isnan().logical_not(), 0.0),
+            "same_slots_coeffs": torch.cat([coeffs[..., steering], torch.zeros_like(coeffs[..., gate_slots])], dim=-1),
             "steering_ids": ids[..., steering].contiguous(), "steering_coeffs": coeffs[..., steering].contiguous(),
             "gate_ids": ids[..., gate_slots].contiguous(), "gate_coeffs": coeffs[..., gate_slots].contiguous(),
             "passing": (strongest > above).float().mean().item(),
@@ -633,7 +633,7 @@ def gated_table(results) -> str:
         providers, ratios = result.get("providers", {}), result.get("ratios", {})
         batch, seq_len, d = result.get("hidden_shape", (0, case["tokens"], case["d"]))
         times = {name: format_time(_get(providers.get(name), "median_s")) for name in GATED_PROVIDERS}
-        over = {name: _ratio(1 / ratios.get(f"steerkern_speedup_vs_{name}", math.nan)) for name in GATED_PROVIDERS}
+        over = {name: _ratio(1 / ratios.get(f"steerkern_speedup_vs_{name}", math.nan)) for name in ("same-slots", "steering-slots")}
         rows.append([
             case["k"], case["gates"], case["dtype"], batch * seq_len, d, _ratio(100 * result.get("passing", math.nan), 0, "%"),
             times["roof"], times["steerkern"], _ratio(ratios.get("steerkern_over_roof", math.nan)),

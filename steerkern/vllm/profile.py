@@ -2,9 +2,10 @@
 
 The opt-in timer (``timing.py``) sees the layers only in eager engines: inside vLLM's compiled
 graph Python timing is frozen at trace time. The profiler records each ``steerkern::steer_`` call
-the graph makes instead, and each once-per-step table fill. It sees the worker's calls when the engine core runs in this process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts); decode calls are those with one row
-per request. The profiler adds a few microseconds to each op it records.
+the graph makes instead, and each once-per-step table fill. It sees the worker's calls when the
+engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` while the engine starts);
+decode calls are those with one row per request. The profiler adds a few microseconds to each op
+it records.
 """
 
 from __future__ import annotations
