@@ -520,7 +520,8 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         if not math.isnan(_median(timings, "roof")):
             seconds = floors.steer_floors(case, _median(timings, "roof"), workload.inputs[0]["hidden"].device)
             binds, floor_s = floors.binding(seconds)
-            extra = {"floors_s": seconds, "binding_floor": binds}
+            dots_in = str(floors.dots_dtype(case, workload.inputs[0]["hidden"].device)).removeprefix("torch.")
+            extra = {"floors_s": seconds, "binding_floor": binds, "dots_in": dots_in}
             ratios["steerkern_over_floor"] = fused / floor_s
     else:
         ratios["steerkern_over_matmul"] = fused / _median(timings, "matmul")

@@ -485,7 +485,8 @@ def bench_kernels(args, device) -> list[dict]:
         progress=lambda case: print(f"  {case.label()}", file=sys.stderr, flush=True),
     )
     for title, table in (("steer_ (fused op vs roof = buf.mul_(1.0) over the same bytes in float32; floors: memory = roof, compute = "
-                          "FLOPs at the float32 matmul peak, gather = dictionary reads at the pool's cache bandwidth)",
+                          "FLOPs at the matmul peak of the dtype they are computed in (the update float32, the dots bfloat16 "
+                          "where the CPU kernel uses AVX512-BF16), gather = dictionary reads at the pool's cache bandwidth)",
                           bench.steer_table(results)),
                          (("gated steer_, one pass (op/same: against an unconditional pass over the same slots; op/steering: "
                            "over the steering slots alone; two-pass: a detect call for the gates, then a masked steer)"),

@@ -3,7 +3,9 @@
 - memory: the warm in-place pass over hidden's bytes (the ``roof`` provider), the time to read and
   write the activations once;
 - compute: the FLOPs the mode needs (``2·K·d`` per row for the dots, as much again for an
-  update) at the float32 FMA peak a large matmul reaches (the kernels compute in float32);
+  update) at the peak a large matmul reaches in the dtype the kernel computes them in: the update
+  in float32, the dots too except for bfloat16 rows on CPUs with AVX512-BF16, whose kernel takes
+  them with bfloat16 dot-product instructions (twice the float32 rate or more);
 - gather: the dictionary elements the rows read (``K·d`` per row) at the read bandwidth of the
   cache that holds the concept pool (a buffer of the pool's size, read over and over).
 
@@ -17,6 +19,8 @@ import math
 import time
 
 import torch
+
+from ._backend import build_info
 
 FLOORS = ("memory", "compute", "gather")
 
@@ -40,11 +44,11 @@ def _best_seconds(fn, device, repeats=5, min_s=0.02) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def fma_peak_flops(device: torch.device) -> float:
-    """float32 FLOP/s of a square matmul large enough to be compute-bound."""
+def fma_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a square ``dtype`` matmul large enough to be compute-bound."""
     size = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     return 2 * size**3 / _best_seconds(lambda: a @ b, device)
 
 
@@ -59,15 +63,25 @@ def read_bandwidth(device: torch.device, nbytes: int) -> float:
     return repeats * buffer.nbytes / _best_seconds(reads.sum, device)
 
 
+def dots_dtype(case, device: torch.device) -> torch.dtype:
+    """The dtype the kernel takes a steer case's dots in: bfloat16 for bfloat16 rows and dictionary
+    where the CPU kernel runs its AVX512-BF16 path, float32 otherwise (the update always is)."""
+    native = device.type == "cpu" and build_info()["cpu_isa"] == "avx512bf16"
+    return torch.bfloat16 if native and case.dtype == "bfloat16" else torch.float32
+
+
 def steer_floors(case, roof_s: float, device: torch.device) -> dict:
     """Seconds of each floor for a steer case, given the roof provider's time."""
     batch, seq_len, d = case.shape
     rows = batch * seq_len
     dict_bytes = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
-    flops = 2 * rows * case.k * d * (1 if case.mode == "detect" else 2)
+    dot_flops = 2 * rows * case.k * d
+    update_flops = 0 if case.mode == "detect" else dot_flops
+    compute_s = (dot_flops / fma_peak_flops(device, dots_dtype(case, device))
+                 + update_flops / fma_peak_flops(device, torch.float32))
     gathered = rows * case.k * d * dict_bytes
     pool_bytes = case.pool * d * dict_bytes
-    seconds = (roof_s, flops / fma_peak_flops(device), gathered / read_bandwidth(device, pool_bytes))
+    seconds = (roof_s, compute_s, gathered / read_bandwidth(device, pool_bytes))
     return dict(zip(FLOORS, seconds))
 
 

@@ -302,6 +302,23 @@ def test_floors_scale_with_the_work_and_the_slowest_binds():
     assert floors.binding({"memory": 1.0, "compute": 3.0, "gather": float("nan")}) == ("compute", 3.0)
 
 
+@pytest.mark.parametrize("isa", ["avx512bf16", "avx512"])
+def test_the_compute_floor_takes_the_dots_at_the_rate_of_the_dtype_the_kernel_uses(monkeypatch, isa):
+    cpu = torch.device("cpu")
+    peaks = {torch.float32: 1e9, torch.bfloat16: 4e9}  # FLOP/s, chosen so every term shows
+    monkeypatch.setattr(floors, "fma_peak_flops", lambda device, dtype: peaks[dtype])
+    monkeypatch.setattr(floors, "build_info", lambda: {"cpu_isa": isa})
+    dot_flops = 2 * 256 * 4 * 64
+    for dtype in ("float32", "bfloat16", "float16"):
+        native = isa == "avx512bf16" and dtype == "bfloat16"
+        dots_s = dot_flops / (4e9 if native else 1e9)
+        add = floors.steer_floors(bench.Case("steer", 256, 64, dtype, k=4, mode="add"), 1e-3, cpu)
+        detect = floors.steer_floors(bench.Case("steer", 256, 64, dtype, k=4, mode="detect"), 1e-3, cpu)
+        assert detect["compute"] == pytest.approx(dots_s)
+        assert add["compute"] == pytest.approx(dots_s + dot_flops / 1e9)  # the update is float32
+        assert floors.dots_dtype(bench.Case("steer", 256, 64, dtype), cpu) == (torch.bfloat16 if native else torch.float32)
+
+
 def test_bench_fails_when_the_fused_op_fails_but_not_when_a_baseline_does(capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
