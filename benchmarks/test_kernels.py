@@ -1,4 +1,4 @@
-"""The providers of ``steerkern bench`` at a few representative shapes, for pytest-benchmark.
+"""The providers of ``steerkern bench`` at its targets shapes, for pytest-benchmark.
 
 Run with ``make bench`` (or ``pytest benchmarks``); not part of ``make test``. On CUDA each call is
 followed by a synchronize, so small shapes carry its cost: ``steerkern bench`` times with CUDA
@@ -11,17 +11,18 @@ import pytest
 import torch
 
 from steerkern import bench
-from steerkern.bench import Case
+
+PROVIDERS = {"steer": bench.STEER_PROVIDERS, "gated": bench.GATED_PROVIDERS, "dense": bench.DENSE_PROVIDERS}
 
 
 def _cases(device_type):
+    """The `steerkern bench` targets preset; on CUDA its d = 3584 shapes at T = 65536, the dense
+    one and the gated ones, which keeps the suite to a few minutes."""
+    cases = bench.build_cases("targets", torch.device(device_type))
     if device_type == "cuda":
-        tokens, d, dtypes, dense_tokens = 65536, 3584, ("bfloat16",), 4096
-    else:
-        tokens, d, dtypes, dense_tokens = 8192, 2304, ("float32", "bfloat16"), 512
-    steer = [("add", "sequence", 4), ("add", "token", 4), ("clamp", "token", 4), ("detect", "token", 4), ("add", "token", 16)]
-    cases = [Case("steer", tokens, d, dtype, k=k, mode=mode, program=program) for dtype in dtypes for mode, program, k in steer]
-    return cases + [Case("dense", dense_tokens, d, dtype) for dtype in dtypes]
+        cases = [case for case in cases if case.op != "steer" or (case.d == 3584 and case.tokens == 65536)]
+        cases = [case for case in cases if case.op != "dense" or case.d == 3584]
+    return cases
 
 
 def provider_params(device_type):
@@ -29,9 +30,8 @@ def provider_params(device_type):
     conftest parametrizes ``test_provider`` with them for the --bench-device."""
     params = []
     for case in _cases(device_type):
-        providers = bench.DENSE_PROVIDERS if case.op == "dense" else bench.STEER_PROVIDERS
-        label = case.label().replace("=", "").replace(" ", "-")
-        params += [pytest.param(case, provider, id=f"{label}-{provider}") for provider in providers]
+        label = case.label().replace("=", "").replace(" ", "-").replace("%", "pct")
+        params += [pytest.param(case, provider, id=f"{label}-{provider}") for provider in PROVIDERS[case.op]]
     return params
 
 
