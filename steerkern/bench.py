@@ -733,9 +733,22 @@ def environment() -> dict:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()),
+            "huge_pages": huge_pages(),
         },
         "gpus": gpus,
     }
+
+
+def huge_pages(mode_file: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> dict:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"; None where it cannot
+    be read) and whether torch asks for them (``THP_MEM_ALLOC_ENABLE=1``, needed in madvise
+    mode). The page size moves the memory floor far more than the op (RESULTS.md, 2026-12-08)."""
+    try:
+        with open(mode_file) as modes:
+            mode = next((word[1:-1] for word in modes.read().split() if word.startswith("[")), None)
+    except OSError:
+        mode = None
+    return {"transparent": mode, "requested_by_torch": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"}
 
 
 def cpu_busy_fraction(window_s: float = 0.5):

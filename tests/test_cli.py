@@ -225,6 +225,7 @@ def test_bench_json_holds_machine_and_every_figure(tmp_path, capsys):
     assert "op/roof" in out and "op/matmul" in out
     assert {"command", "date", "build", "versions", "machine", "gpus", "cases"} <= set(report)
     assert report["command"].startswith("steerkern bench --device cpu")
+    assert set(report["machine"]["huge_pages"]) == {"transparent", "requested_by_torch"}
     steer_cases = [case for case in report["cases"] if case["case"]["op"] == "steer"]
     assert len(steer_cases) == 2 * 4  # the 5 target programs, add/token/K=4 and K=16 merged by --k 2, per dtype
     gated_cases = [case for case in report["cases"] if case["case"]["op"] == "gated"]
@@ -300,6 +301,15 @@ def test_floors_scale_with_the_work_and_the_slowest_binds():
     detect = floors.steer_floors(bench.Case("steer", 256, 64, "float32", k=2, mode="detect"), 1e-3, cpu)
     assert detect["compute"] == pytest.approx(seconds["compute"] / 2)  # dots only, no update
     assert floors.binding({"memory": 1.0, "compute": 3.0, "gather": float("nan")}) == ("compute", 3.0)
+
+
+def test_the_huge_page_mode_is_read_from_the_kernel_and_the_environment(tmp_path, monkeypatch):
+    modes = tmp_path / "enabled"
+    modes.write_text("always [madvise] never\n")
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert bench.huge_pages(str(modes)) == {"transparent": "madvise", "requested_by_torch": True}
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    assert bench.huge_pages(str(tmp_path / "missing")) == {"transparent": None, "requested_by_torch": False}
 
 
 @pytest.mark.parametrize("isa", ["avx512bf16", "avx512"])
