@@ -127,9 +127,10 @@ def default_dtypes(device: torch.device) -> list[str]:
 
 
 # The axes each kind of case reads; an axis given for others leaves them as they are.
+_STEER_AXES = {"tokens", "d", "k", "mode", "program", "seq_len", "concepts", "pool", "graph"}
 CASE_AXES = {
-    "steer": {"tokens", "d", "k", "mode", "program", "seq_len", "concepts", "pool", "graph"},
-    "gated": {"tokens", "d", "k", "mode", "program", "seq_len", "concepts", "pool", "graph", "gates", "passing"},
+    "steer": _STEER_AXES,
+    "gated": _STEER_AXES | {"gates", "passing"},
     "dense": {"tokens", "d", "seq_len", "concepts", "graph"},
 }
 
@@ -518,9 +519,10 @@ def summarize(workload: Workload, timings: dict[str, Timing]) -> dict:
         extra = {"passing": workload.inputs[0]["passing"]}
     elif case.op == "steer":
         if not math.isnan(_median(timings, "roof")):
-            seconds = floors.steer_floors(case, _median(timings, "roof"), workload.inputs[0]["hidden"].device)
+            device = workload.inputs[0]["hidden"].device
+            seconds = floors.steer_floors(case, _median(timings, "roof"), device)
             binds, floor_s = floors.binding(seconds)
-            dots_in = str(floors.dots_dtype(case, workload.inputs[0]["hidden"].device)).removeprefix("torch.")
+            dots_in = str(floors.dots_dtype(case, device)).removeprefix("torch.")
             extra = {"floors_s": seconds, "binding_floor": binds, "dots_in": dots_in}
             ratios["steerkern_over_floor"] = fused / floor_s
     else:
